@@ -1,0 +1,130 @@
+package main
+
+// Evidence: an SNP report bound to the caller's runtime data, the AMD
+// certificates that match its TCB, and the UVM endorsements; the
+// /attest/raw and /attest/combined handlers.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+)
+
+// evidence is everything a verifier needs about one report.
+type evidence struct {
+	Report           []byte         // the 1184 raw bytes
+	Parsed           *snpReport     // Report, parsed
+	Certs            *platformCerts // VCEK, ASK, ARK matching Parsed.ReportedTCB; verified
+	UVMReferenceInfo []byte         // COSE_Sign1, may be empty
+}
+
+// reportDataFor binds runtime data to a report: sha256 followed by zeros.
+func reportDataFor(runtimeData []byte) [64]byte {
+	var rd [64]byte
+	h := sha256.Sum256(runtimeData)
+	copy(rd[:], h[:])
+	return rd
+}
+
+// rawReport asks the guest interface for a report over runtimeData.
+func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *snpReport, error) {
+	if s.tee == nil {
+		return nil, nil, newAPIError(http.StatusServiceUnavailable, s.teeErr, "no SEV-SNP guest interface")
+	}
+	rd := reportDataFor(runtimeData)
+	// One command at a time: the SNP guest channel has one message sequence
+	// number, and the ioctl paths must not interleave.
+	s.deviceMu.Lock()
+	raw, err := s.tee.GetReport(ctx, rd)
+	s.deviceMu.Unlock()
+	if err != nil {
+		return nil, nil, newAPIError(http.StatusInternalServerError, err, "get SNP report from %s", s.tee.Name())
+	}
+	rep, err := parseReport(raw)
+	if err != nil {
+		return nil, nil, newAPIError(http.StatusInternalServerError, err, "%s returned a malformed report", s.tee.Name())
+	}
+	if rep.ReportData != rd {
+		return nil, nil, newAPIError(http.StatusInternalServerError, nil, "%s returned a report whose REPORT_DATA is not the one asked for", s.tee.Name())
+	}
+	return raw, rep, nil
+}
+
+// evidence gets a report over runtimeData with the certificates that match
+// it, and checks the bundle before anyone else sees it.
+func (s *server) evidence(ctx context.Context, runtimeData []byte) (*evidence, error) {
+	raw, rep, err := s.rawReport(ctx, runtimeData)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := s.certs.forReport(ctx, rep)
+	if err != nil {
+		return nil, fmt.Errorf("platform certificates for the report: %w", err)
+	}
+	if err := verifyEvidence(rep, certs); err != nil {
+		return nil, newAPIError(http.StatusBadGateway, err, "the report does not verify with the certificates that would be handed out")
+	}
+	return &evidence{Report: raw, Parsed: rep, Certs: certs, UVMReferenceInfo: s.inputs.ReferenceInfo}, nil
+}
+
+type attestRequest struct {
+	RuntimeData string `json:"runtime_data"`
+}
+
+// decodeAttestRequest reads {"runtime_data": B64} and returns its bytes.
+func decodeAttestRequest(r *http.Request) ([]byte, error) {
+	var req attestRequest
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	return requiredBase64("runtime_data", req.RuntimeData)
+}
+
+func (s *server) handleAttestRaw(w http.ResponseWriter, r *http.Request) {
+	rd, err := decodeAttestRequest(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	defer cancel()
+	raw, _, err := s.rawReport(ctx, rd)
+	if err != nil {
+		s.log.Warn("attest/raw failed", "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"report": hex.EncodeToString(raw)})
+}
+
+type combinedResponse struct {
+	EndorsedTCB     string `json:"endorsed_tcb"`
+	Endorsements    string `json:"endorsements"`
+	Evidence        string `json:"evidence"`
+	UVMEndorsements string `json:"uvm_endorsements"`
+}
+
+func (s *server) handleAttestCombined(w http.ResponseWriter, r *http.Request) {
+	rd, err := decodeAttestRequest(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	defer cancel()
+	ev, err := s.evidence(ctx, rd)
+	if err != nil {
+		s.log.Warn("attest/combined failed", "err", err)
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, combinedResponse{
+		EndorsedTCB:     fmt.Sprintf("%016x", ev.Certs.TCB),
+		Endorsements:    base64.StdEncoding.EncodeToString(ev.Certs.ChainPEM),
+		Evidence:        base64.StdEncoding.EncodeToString(ev.Report),
+		UVMEndorsements: base64.StdEncoding.EncodeToString(ev.UVMReferenceInfo),
+	})
+}
