@@ -31,7 +31,9 @@ func parseTHIM(b []byte) (*platformCerts, error) {
 // certProvider hands out the certificates matching a report's TCB.
 type certProvider struct{}
 
-func newCertProvider(cfg certCacheConfig, local *platformCerts, client *http.Client, log *slog.Logger) *certProvider {
+// newCertProvider: local, when not nil, returns the certificates handed to
+// the container (THIM JSON of the security context, or the emulator's).
+func newCertProvider(cfg certCacheConfig, local func(context.Context) (*platformCerts, error), client *http.Client, log *slog.Logger) *certProvider {
 	return &certProvider{}
 }
 

@@ -237,11 +237,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	if s.tee == nil {
 		s.tee, s.teeErr = openTEE(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log})
 	}
-	local, err := s.localPlatformCerts()
-	if err != nil {
-		return nil, err
-	}
-	s.certs = newCertProvider(s.cfg.Args.CertCache, local, s.client, log)
+	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,
@@ -252,22 +248,23 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	return s, nil
 }
 
-// localPlatformCerts are the certificates handed to the container: the
-// emulator's own chain when emulating, else the security context's THIM JSON.
-func (s *server) localPlatformCerts() (*platformCerts, error) {
+// localPlatformCerts returns how to get the certificates handed to the
+// container: the emulator's own chain when emulating (made lazily, off the
+// start-up path), else the security context's THIM JSON. Nil when neither.
+func (s *server) localPlatformCerts() func(context.Context) (*platformCerts, error) {
 	if src, ok := s.tee.(platformCertSource); ok {
-		return src.PlatformCerts()
+		return src.PlatformCerts
 	}
 	if len(s.inputs.HostAMDCert) == 0 {
-		return nil, nil
+		return nil
 	}
 	pc, err := parseTHIM(s.inputs.HostAMDCert)
 	if err != nil {
 		// Not fatal: fresh certificates can still be fetched for each report.
 		s.log.Warn("platform certificates in the security context are unusable; will fetch fresh ones", "source", s.inputs.Source, "err", err)
-		return nil, nil
+		return nil
 	}
-	return pc, nil
+	return func(context.Context) (*platformCerts, error) { return pc, nil }
 }
 
 // newUpstreamClient is the one HTTP client for MAA, Key Vault, identity and

@@ -26,7 +26,7 @@ type teeDevice interface {
 // platformCertSource is implemented by a device that brings its own
 // platform certificates (the emulator): they stand in for the THIM JSON.
 type platformCertSource interface {
-	PlatformCerts() (*platformCerts, error)
+	PlatformCerts(ctx context.Context) (*platformCerts, error)
 }
 
 type teeOptions struct {
