@@ -41,6 +41,10 @@ type wrappingKey struct {
 	runtimeData []byte // {"keys":[{"kty":"RSA","n","e","kid","key_ops":["encrypt"]}]}
 }
 
+// generateWrappingKey is how the key pool makes keys; tests replace it to
+// learn the private keys they must never find in a log.
+var generateWrappingKey = newWrappingKey
+
 // newWrappingKey generates a key; it is slow, so only the key pool calls it.
 func newWrappingKey() (*wrappingKey, error) {
 	priv, err := rsa.GenerateKey(rand.Reader, wrappingKeyBits)
@@ -193,7 +197,7 @@ func newReleaser(s *server) *releaser {
 	return &releaser{
 		s:       s,
 		ttl:     s.cfg.WrappingKeyTTL,
-		pool:    newKeyPool(newWrappingKey, s.log),
+		pool:    newKeyPool(generateWrappingKey, s.log),
 		now:     time.Now,
 		baseCtx: ctx,
 		cancel:  cancel,

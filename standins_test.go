@@ -1,0 +1,1135 @@
+package main
+
+// Stand-ins for Microsoft Azure Attestation, Key Vault and IMDS: TLS
+// servers that check what the real services check and sign what they
+// sign, with knobs to make them fail the ways the real ones do.
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// ---- keys and certificates made once per test binary ----
+
+var testRSA struct {
+	once sync.Once
+	keys [4]*rsa.PrivateKey
+}
+
+// Indices into testRSA.keys.
+const (
+	rsaMAASigner = iota
+	rsaKVSigner
+	rsaReleased
+	rsaOther
+)
+
+// testRSAKey returns one of a few RSA-2048 keys generated once.
+func testRSAKey(t testing.TB, i int) *rsa.PrivateKey {
+	t.Helper()
+	testRSA.once.Do(func() {
+		for j := range testRSA.keys {
+			k, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				panic(err)
+			}
+			testRSA.keys[j] = k
+		}
+	})
+	return testRSA.keys[i]
+}
+
+// testCA is a certificate authority of the test PKI.
+type testCA struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+var serial struct {
+	mu sync.Mutex
+	n  int64
+}
+
+func nextSerial() *big.Int {
+	serial.mu.Lock()
+	defer serial.mu.Unlock()
+	serial.n++
+	return big.NewInt(serial.n)
+}
+
+func mustECKey() *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+func mustCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		panic(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// newTestCA makes a root (parent nil) or an intermediate.
+func newTestCA(name string, parent *testCA) *testCA {
+	key := mustECKey()
+	tmpl := &x509.Certificate{
+		SerialNumber:          nextSerial(),
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"skr tests"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(48 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	if parent == nil {
+		return &testCA{cert: mustCert(tmpl, tmpl, key.Public(), key), key: key}
+	}
+	tmpl.MaxPathLenZero = true
+	return &testCA{cert: mustCert(tmpl, parent.cert, key.Public(), parent.key), key: key}
+}
+
+// issue certifies pub for the given host names (IP literals become IP SANs).
+func (ca *testCA) issue(pub crypto.PublicKey, hosts ...string) *x509.Certificate {
+	tmpl := &x509.Certificate{
+		SerialNumber: nextSerial(),
+		Subject:      pkix.Name{CommonName: hosts[0]},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return mustCert(tmpl, ca.cert, pub, ca.key)
+}
+
+// testPKI is the trusted test root with its intermediate (what the server
+// trusts, like DigiCert and a Microsoft TLS CA), plus an untrusted one.
+type testPKI struct {
+	root, inter             *testCA
+	untrustedRoot, untInter *testCA
+	tls                     tls.Certificate // localhost, for every stand-in
+}
+
+var sharedPKI struct {
+	once sync.Once
+	pki  *testPKI
+}
+
+func getTestPKI() *testPKI {
+	sharedPKI.once.Do(func() {
+		p := &testPKI{}
+		p.root = newTestCA("skr test root", nil)
+		p.inter = newTestCA("skr test TLS issuing CA", p.root)
+		p.untrustedRoot = newTestCA("untrusted root", nil)
+		p.untInter = newTestCA("untrusted issuing CA", p.untrustedRoot)
+		k := mustECKey()
+		leaf := p.inter.issue(k.Public(), "localhost", "127.0.0.1")
+		p.tls = tls.Certificate{Certificate: [][]byte{leaf.Raw, p.inter.cert.Raw}, PrivateKey: k, Leaf: leaf}
+		sharedPKI.pki = p
+	})
+	return sharedPKI.pki
+}
+
+// roots is the pool the sidecar under test trusts.
+func (p *testPKI) roots() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AddCert(p.root.cert)
+	return pool
+}
+
+// client is how stand-ins call each other (Key Vault fetching MAA keys).
+func (p *testPKI) client() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.roots()}}}
+}
+
+// startTLSStandIn serves h over TLS as localhost:PORT.
+func startTLSStandIn(t testing.TB, h http.Handler) (*httptest.Server, string) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{getTestPKI().tls}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	return srv, "localhost:" + port
+}
+
+// faults is what a stand-in can be told to do instead of answering.
+type faults struct {
+	mu         sync.Mutex
+	calls      int
+	failN      int
+	failStatus int
+	retryAfter string
+	hang       bool
+	unhang     chan struct{}
+}
+
+func newFaults() *faults { return &faults{unhang: make(chan struct{})} }
+
+// failNext makes the next n calls answer status (with Retry-After when set).
+func (f *faults) failNext(n, status int, retryAfter string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failN, f.failStatus, f.retryAfter = n, status, retryAfter
+}
+
+func (f *faults) setHang(h bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hang = h
+}
+
+func (f *faults) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+// intercept counts the call and plays a fault; true means it answered.
+func (f *faults) intercept(w http.ResponseWriter, r *http.Request) bool {
+	f.mu.Lock()
+	f.calls++
+	hang := f.hang
+	fail := f.failN > 0
+	status, ra := f.failStatus, f.retryAfter
+	if fail {
+		f.failN--
+	}
+	f.mu.Unlock()
+	if hang {
+		select {
+		case <-r.Context().Done():
+		case <-f.unhang:
+		}
+		return true
+	}
+	if fail {
+		if ra != "" {
+			w.Header().Set("Retry-After", ra)
+		}
+		azureError(w, status, "InjectedFault", "fault injected by the test")
+		return true
+	}
+	return false
+}
+
+func (f *faults) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.unhang:
+	default:
+		close(f.unhang)
+	}
+}
+
+// azureError answers with the CloudError / KeyVaultError shape.
+func azureError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+// strictB64URL decodes base64url with or without padding and refuses the
+// standard alphabet, which MAA is not known to accept.
+func strictB64URL(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "+/") {
+		return nil, errors.New("standard base64 alphabet where base64url is expected")
+	}
+	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
+}
+
+// exactKeys decodes a JSON object and checks its member names exactly
+// (encoding/json would match them without regard to case).
+func exactKeys(raw []byte, required []string, optional ...string) (map[string]json.RawMessage, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, err
+	}
+	allowed := map[string]bool{}
+	for _, k := range append(append([]string{}, required...), optional...) {
+		allowed[k] = true
+	}
+	for k := range m {
+		if !allowed[k] {
+			return nil, fmt.Errorf("unexpected member %q", k)
+		}
+	}
+	for _, k := range required {
+		if _, ok := m[k]; !ok {
+			return nil, fmt.Errorf("missing member %q", k)
+		}
+	}
+	return m, nil
+}
+
+func jsonString(raw json.RawMessage) (string, error) {
+	var s string
+	err := json.Unmarshal(raw, &s)
+	return s, err
+}
+
+// ---- MAA ----
+
+// maaStandIn attests SEV-SNP evidence like MAA: it checks the report's
+// signature against the VCEK chain sent, that chain against the ARK the
+// test trusts, and REPORT_DATA against the runtime data, then issues an
+// RS256 token with the SEV-SNP claims.
+type maaStandIn struct {
+	*faults
+	t      testing.TB
+	srv    *httptest.Server
+	host   string
+	signer *rsa.PrivateKey
+	cert   *x509.Certificate // self-signed, served in /certs x5c
+	kid    string
+
+	mu          sync.Mutex
+	ark         *x509.Certificate // trust anchor: the device's ARK
+	compliance  string            // override of x-ms-compliance-status; "" = derived
+	lastRequest []byte
+	lastClaims  map[string]any
+	tokens      []string
+	userAgents  []string
+}
+
+func newMAAStandIn(t testing.TB, ark *x509.Certificate) *maaStandIn {
+	t.Helper()
+	m := &maaStandIn{faults: newFaults(), t: t, signer: testRSAKey(t, rsaMAASigner), ark: ark}
+	tmpl := &x509.Certificate{
+		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: "MAA stand-in signing"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+	}
+	m.cert = mustCert(tmpl, tmpl, &m.signer.PublicKey, m.signer)
+	sum := sha256.Sum256(m.cert.Raw)
+	m.kid = base64.StdEncoding.EncodeToString(sum[:]) // opaque, with + / =, as MAA's are
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /attest/{type}", m.handleAttest)
+	mux.HandleFunc("GET /certs", m.handleCerts)
+	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]any{"issuer": "https://" + m.host, "jwks_uri": "https://" + m.host + "/certs",
+			"id_token_signing_alg_values_supported": []string{"RS256"}})
+	})
+	m.srv, m.host = startTLSStandIn(t, mux)
+	t.Cleanup(func() { m.stop(); m.srv.Close() })
+	return m
+}
+
+func (m *maaStandIn) setCompliance(s string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.compliance = s
+}
+
+func (m *maaStandIn) issuedTokens() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.tokens...)
+}
+
+func (m *maaStandIn) claims() map[string]any {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastClaims
+}
+
+func (m *maaStandIn) handleCerts(w http.ResponseWriter, r *http.Request) {
+	pub := rsaPublicJWK(&m.signer.PublicKey)
+	writeJSON(w, 200, map[string]any{"keys": []map[string]any{{
+		"kty": "RSA", "use": "sig", "alg": "RS256", "kid": m.kid, "n": pub.N, "e": pub.E,
+		"x5c": []string{base64.StdEncoding.EncodeToString(m.cert.Raw)},
+	}}})
+}
+
+func (m *maaStandIn) handleAttest(w http.ResponseWriter, r *http.Request) {
+	if m.intercept(w, r) {
+		return
+	}
+	if !strings.EqualFold(r.PathValue("type"), "SevSnpVm") {
+		azureError(w, 404, "NotFound", "unknown attestation type "+r.PathValue("type"))
+		return
+	}
+	if r.URL.Query().Get("api-version") == "" {
+		azureError(w, 400, "MissingApiVersionParameter", "The api-version query parameter is required.")
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		azureError(w, 415, "UnsupportedMediaType", "content type "+ct)
+		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	m.mu.Lock()
+	m.lastRequest = body
+	m.userAgents = append(m.userAgents, r.Header.Get("User-Agent"))
+	m.mu.Unlock()
+	claims, err := m.attest(body)
+	if err != nil {
+		azureError(w, 400, "InvalidParameter", err.Error())
+		return
+	}
+	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": m.kid, "jku": "https://" + m.host + "/certs"}, mustJSON(claims), m.signer, "RS256")
+	if err != nil {
+		azureError(w, 500, "InternalError", err.Error())
+		return
+	}
+	m.mu.Lock()
+	m.tokens = append(m.tokens, tok)
+	m.lastClaims = claims
+	m.mu.Unlock()
+	writeJSON(w, 200, map[string]string{"token": tok})
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// attest checks an AttestSevSnpVmRequest and returns the token's claims.
+func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
+	outer, err := exactKeys(body, []string{"report", "runtimeData"}, "initTimeData", "nonce", "draftPolicyForAttestation")
+	if err != nil {
+		return nil, fmt.Errorf("request: %w", err)
+	}
+	reportField, err := jsonString(outer["report"])
+	if err != nil {
+		return nil, fmt.Errorf("report is not a string: %w", err)
+	}
+	bundleJSON, err := strictB64URL(reportField)
+	if err != nil {
+		return nil, fmt.Errorf("report: %w", err)
+	}
+	bundle, err := exactKeys(bundleJSON, []string{"SnpReport", "VcekCertChain"}, "Endorsements")
+	if err != nil {
+		return nil, fmt.Errorf("report bundle: %w", err)
+	}
+	rt, err := exactKeys(outer["runtimeData"], []string{"data", "dataType"})
+	if err != nil {
+		return nil, fmt.Errorf("runtimeData: %w", err)
+	}
+	var nonce string
+	if raw, ok := outer["nonce"]; ok {
+		if nonce, err = jsonString(raw); err != nil {
+			return nil, fmt.Errorf("nonce is not a string: %w", err)
+		}
+	}
+
+	reportB64, _ := jsonString(bundle["SnpReport"])
+	reportRaw, err := strictB64URL(reportB64)
+	if err != nil {
+		return nil, fmt.Errorf("SnpReport: %w", err)
+	}
+	rep, err := parseReport(reportRaw)
+	if err != nil {
+		return nil, fmt.Errorf("SnpReport: %w", err)
+	}
+	chainB64, _ := jsonString(bundle["VcekCertChain"])
+	chainPEM, err := strictB64URL(chainB64)
+	if err != nil {
+		return nil, fmt.Errorf("VcekCertChain: %w", err)
+	}
+	certs, err := parsePEMChain(chainPEM)
+	if err != nil {
+		return nil, fmt.Errorf("VcekCertChain: %w", err)
+	}
+	m.mu.Lock()
+	ark := m.ark
+	m.mu.Unlock()
+	if ark == nil || !certs.ARK.Equal(ark) {
+		return nil, errors.New("VcekCertChain: the ARK is not a trusted AMD root")
+	}
+	if err := verifyEvidence(rep, certs); err != nil {
+		return nil, fmt.Errorf("SnpReport does not verify with VcekCertChain: %w", err)
+	}
+
+	endorsed := false
+	if raw, ok := bundle["Endorsements"]; ok {
+		s, _ := jsonString(raw)
+		ej, err := strictB64URL(s)
+		if err != nil {
+			return nil, fmt.Errorf("Endorsements: %w", err)
+		}
+		e, err := exactKeys(ej, []string{"Uvm"})
+		if err != nil {
+			return nil, fmt.Errorf("Endorsements: %w", err)
+		}
+		var uvm []string
+		if err := json.Unmarshal(e["Uvm"], &uvm); err != nil || len(uvm) == 0 {
+			return nil, errors.New("Endorsements.Uvm is not a non-empty list")
+		}
+		for _, u := range uvm {
+			if b, err := strictB64URL(u); err != nil || len(b) == 0 {
+				return nil, errors.New("Endorsements.Uvm entry is not base64url")
+			}
+		}
+		endorsed = true
+	}
+
+	dataB64, err := jsonString(rt["data"])
+	if err != nil {
+		return nil, errors.New("runtimeData.data is not a string")
+	}
+	data, err := strictB64URL(dataB64)
+	if err != nil {
+		return nil, fmt.Errorf("runtimeData.data: %w", err)
+	}
+	dataType, _ := jsonString(rt["dataType"])
+	want := sha256.Sum256(data)
+	if !bytes.Equal(rep.ReportData[:32], want[:]) || !bytes.Equal(rep.ReportData[32:], make([]byte, 32)) {
+		return nil, errors.New("REPORT_DATA is not sha256(runtimeData) followed by zeros")
+	}
+
+	now := time.Now().Unix()
+	jti := make([]byte, 32)
+	rand.Read(jti)
+	tcb := rep.ReportedTCB
+	claims := map[string]any{
+		"iss": "https://" + m.host, "iat": now, "nbf": now, "exp": now + 8*3600,
+		"jti":                             hex.EncodeToString(jti),
+		"x-ms-ver":                        "1.0",
+		"x-ms-attestation-type":           "sevsnpvm",
+		"x-ms-sevsnpvm-hostdata":          hex.EncodeToString(rep.HostData[:]),
+		"x-ms-sevsnpvm-reportdata":        hex.EncodeToString(rep.ReportData[:]),
+		"x-ms-sevsnpvm-launchmeasurement": hex.EncodeToString(rep.Measurement[:]),
+		"x-ms-sevsnpvm-idkeydigest":       hex.EncodeToString(rep.IDKeyDigest[:]),
+		"x-ms-sevsnpvm-authorkeydigest":   hex.EncodeToString(rep.AuthorKeyDigest[:]),
+		"x-ms-sevsnpvm-reportid":          hex.EncodeToString(rep.ReportID[:]),
+		"x-ms-sevsnpvm-familyId":          hex.EncodeToString(rep.FamilyID[:]),
+		"x-ms-sevsnpvm-imageId":           hex.EncodeToString(rep.ImageID[:]),
+		"x-ms-sevsnpvm-guestsvn":          rep.GuestSVN,
+		"x-ms-sevsnpvm-vmpl":              rep.VMPL,
+		"x-ms-sevsnpvm-is-debuggable":     rep.Debuggable(),
+		"x-ms-sevsnpvm-migration-allowed": rep.Policy&(1<<18) != 0,
+		"x-ms-sevsnpvm-smt-allowed":       rep.Policy&(1<<16) != 0,
+		"x-ms-sevsnpvm-bootloader-svn":    tcb & 0xff,
+		"x-ms-sevsnpvm-tee-svn":           (tcb >> 8) & 0xff,
+		"x-ms-sevsnpvm-snpfw-svn":         (tcb >> 48) & 0xff,
+		"x-ms-sevsnpvm-microcode-svn":     (tcb >> 56) & 0xff,
+	}
+	if nonce != "" {
+		claims["nonce"] = nonce
+	}
+	switch dataType {
+	case "JSON":
+		var runtime map[string]any
+		if err := json.Unmarshal(data, &runtime); err != nil {
+			return nil, fmt.Errorf("runtimeData of type JSON is not a JSON object: %w", err)
+		}
+		claims["x-ms-runtime"] = runtime
+	case "Binary":
+	default:
+		return nil, fmt.Errorf("runtimeData.dataType %q is not JSON or Binary", dataType)
+	}
+	m.mu.Lock()
+	compliance := m.compliance
+	m.mu.Unlock()
+	if compliance == "" && endorsed {
+		compliance = "azure-compliant-uvm"
+	}
+	if compliance != "" {
+		claims["x-ms-compliance-status"] = compliance
+	}
+	return claims, nil
+}
+
+// parsePEMChain reads VCEK, ASK, ARK in that order.
+func parsePEMChain(b []byte) (*platformCerts, error) {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("PEM block %q is not a certificate", blk.Type)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+	if len(bytes.TrimSpace(b)) != 0 {
+		return nil, errors.New("trailing data after the PEM certificates")
+	}
+	if len(certs) != 3 {
+		return nil, fmt.Errorf("%d certificates, want VCEK, ASK and ARK", len(certs))
+	}
+	return &platformCerts{VCEK: certs[0], ASK: certs[1], ARK: certs[2]}, nil
+}
+
+// ---- Key Vault ----
+
+// kvKey is a key held by the Key Vault stand-in.
+type kvKey struct {
+	name     string
+	version  string
+	kty      string   // oct-HSM, RSA-HSM, EC-HSM (or without -HSM)
+	keyOps   []string // nil = omitted
+	material any      // []byte, *rsa.PrivateKey, *ecdsa.PrivateKey
+	policy   []byte   // release policy JSON
+}
+
+// kvStandIn releases keys like Key Vault / Managed HSM: bearer token, MAA
+// token (signature via the authority's /certs, times, issuer = a policy
+// authority), release policy, then wraps the key to the runtime key and
+// signs the response with a certificate for its host name.
+type kvStandIn struct {
+	*faults
+	t      testing.TB
+	srv    *httptest.Server
+	host   string
+	pki    *testPKI
+	client *http.Client
+
+	mu            sync.Mutex
+	bearer        string
+	keys          map[string]*kvKey
+	signer        *rsa.PrivateKey
+	chain         []*x509.Certificate // leaf, intermediate, root
+	enc           string              // force this enc regardless of the request; "" = honour it
+	wrongSigner   bool
+	untrustedCA   bool
+	wrongHost     bool
+	tamper        bool
+	wrapToOther   bool
+	lastReleaseTo string // kid of the runtime key last wrapped to
+}
+
+func newKVStandIn(t testing.TB, bearer string) *kvStandIn {
+	t.Helper()
+	kv := &kvStandIn{faults: newFaults(), t: t, pki: getTestPKI(), bearer: bearer, keys: map[string]*kvKey{}, signer: testRSAKey(t, rsaKVSigner)}
+	kv.client = kv.pki.client()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /keys/{name}/release", kv.handleRelease)
+	mux.HandleFunc("POST /keys/{name}/{version}/release", kv.handleRelease)
+	kv.srv, kv.host = startTLSStandIn(t, mux)
+	t.Cleanup(func() { kv.stop(); kv.srv.Close() })
+	return kv
+}
+
+func (kv *kvStandIn) addKey(k *kvKey) {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	if k.version == "" {
+		k.version = fmt.Sprintf("%032x", len(kv.keys)+1)
+	}
+	kv.keys[strings.ToLower(k.name)] = k
+}
+
+func (kv *kvStandIn) set(f func(kv *kvStandIn)) {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	f(kv)
+}
+
+func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
+	if kv.intercept(w, r) {
+		return
+	}
+	if r.URL.Query().Get("api-version") == "" {
+		azureError(w, 400, "BadParameter", "api-version is required")
+		return
+	}
+	kv.mu.Lock()
+	expected := kv.bearer
+	kv.mu.Unlock()
+	auth := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(expected)) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", resource="https://vault.azure.net"`)
+		azureError(w, 401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
+		return
+	}
+	kv.mu.Lock()
+	key := kv.keys[strings.ToLower(r.PathValue("name"))]
+	kv.mu.Unlock()
+	if key == nil || (r.PathValue("version") != "" && !strings.EqualFold(r.PathValue("version"), key.version)) {
+		azureError(w, 404, "KeyNotFound", fmt.Sprintf("A key with (name/id) %s was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command.", r.PathValue("name")))
+		return
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	req, err := exactKeys(body, []string{"target"}, "enc", "nonce")
+	if err != nil {
+		azureError(w, 400, "BadParameter", "release parameters: "+err.Error())
+		return
+	}
+	target, _ := jsonString(req["target"])
+	enc := encRSAAESKeyWrapSHA1 // the presumed default when none is asked for
+	if raw, ok := req["enc"]; ok {
+		enc, _ = jsonString(raw)
+	}
+	kv.mu.Lock()
+	if kv.enc != "" {
+		enc = kv.enc
+	}
+	kv.mu.Unlock()
+	claims, err := kv.verifyMAAToken(r.Context(), target, key.policy)
+	if err != nil {
+		azureError(w, 400, "BadParameter", "Target environment attestation statement cannot be verified: "+err.Error())
+		return
+	}
+	if met, err := evalReleasePolicy(key.policy, claims); err != nil || !met {
+		azureError(w, 403, "Forbidden", "Target environment attestation statement cannot be verified. The key release policy is not satisfied.")
+		return
+	}
+	value, err := kv.releaseResponse(key, enc, claims)
+	if err != nil {
+		azureError(w, 400, "BadParameter", err.Error())
+		return
+	}
+	writeJSON(w, 200, map[string]string{"value": value})
+}
+
+// verifyMAAToken checks the MAA token as Key Vault does: issuer named by
+// the policy, key from the issuer's /certs (never from the token's jku),
+// RS256 signature, exp and nbf.
+func (kv *kvStandIn) verifyMAAToken(ctx context.Context, target string, policy []byte) (map[string]any, error) {
+	jws, err := parseJWS(target)
+	if err != nil {
+		return nil, err
+	}
+	var claims map[string]any
+	if err := json.Unmarshal(jws.Payload, &claims); err != nil {
+		return nil, err
+	}
+	iss, _ := claims["iss"].(string)
+	authorities, err := policyAuthorities(policy)
+	if err != nil {
+		return nil, err
+	}
+	trusted := false
+	for _, a := range authorities {
+		if strings.TrimRight(a, "/") == strings.TrimRight(iss, "/") {
+			trusted = true
+		}
+	}
+	if !trusted {
+		return nil, fmt.Errorf("issuer %q is not an authority of the release policy", iss)
+	}
+	pub, err := kv.fetchSigningKey(ctx, strings.TrimRight(iss, "/")+"/certs", jws.Header.Kid)
+	if err != nil {
+		return nil, err
+	}
+	if err := jws.verify(pub, "RS256"); err != nil {
+		return nil, err
+	}
+	if err := checkJWTTimes(claims, time.Now(), time.Minute); err != nil {
+		return nil, err
+	}
+	return claims, nil
+}
+
+func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) (crypto.PublicKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, certsURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := kv.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var set struct {
+		Keys []jwk `json:"keys"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		return nil, err
+	}
+	for _, k := range set.Keys {
+		if k.Kid == kid && len(k.X5C) > 0 {
+			der, err := base64.StdEncoding.DecodeString(k.X5C[0])
+			if err != nil {
+				return nil, err
+			}
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return nil, err
+			}
+			return c.PublicKey, nil
+		}
+	}
+	return nil, fmt.Errorf("no signing key %q at %s", kid, certsURL)
+}
+
+// runtimeWrappingKey is the first RSA key of x-ms-runtime.keys meant for
+// encryption, as Key Vault picks it.
+func runtimeWrappingKey(claims map[string]any) (*rsa.PublicKey, string, error) {
+	runtime, _ := claims["x-ms-runtime"].(map[string]any)
+	keys, _ := runtime["keys"].([]any)
+	for _, raw := range keys {
+		b, _ := json.Marshal(raw)
+		k, err := parseJWK(b)
+		if err != nil || k.Kty != "RSA" || k.Kid == "" {
+			continue
+		}
+		usable := k.Use == "enc"
+		for _, op := range k.KeyOps {
+			usable = usable || op == "encrypt"
+		}
+		if !usable {
+			continue
+		}
+		pub, err := k.PublicKey()
+		if err != nil {
+			return nil, "", err
+		}
+		if rp, ok := pub.(*rsa.PublicKey); ok {
+			return rp, k.Kid, nil
+		}
+	}
+	return nil, "", errors.New("x-ms-runtime has no RSA key for encryption")
+}
+
+func encHash(enc string) (func() hash.Hash, error) {
+	switch enc {
+	case encRSAAESKeyWrapSHA1:
+		return sha1.New, nil
+	case encRSAAESKeyWrap256:
+		return sha256.New, nil
+	case encRSAAESKeyWrap384:
+		return sha512.New384, nil
+	}
+	return nil, fmt.Errorf("enc %q is not supported", enc)
+}
+
+// keyPlaintext is what Key Vault wraps: raw oct bytes, PKCS#8 otherwise.
+func keyPlaintext(k *kvKey) ([]byte, error) {
+	if b, ok := k.material.([]byte); ok {
+		return bytes.Clone(b), nil
+	}
+	return x509.MarshalPKCS8PrivateKey(k.material)
+}
+
+// publicJWKMembers are the public parts Key Vault puts beside key_hsm.
+func publicJWKMembers(k *kvKey) (map[string]any, error) {
+	out := map[string]any{}
+	switch m := k.material.(type) {
+	case []byte:
+	case *rsa.PrivateKey:
+		j := rsaPublicJWK(&m.PublicKey)
+		out["n"], out["e"] = j.N, j.E
+	case *ecdsa.PrivateKey:
+		j, err := jwkFromPrivateKey(m)
+		if err != nil {
+			return nil, err
+		}
+		out["crv"], out["x"], out["y"] = j.Crv, j.X, j.Y
+	default:
+		return nil, fmt.Errorf("key material %T", m)
+	}
+	return out, nil
+}
+
+// releaseResponse wraps the key to the runtime key and signs the payload.
+func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any) (string, error) {
+	wrapTo, wrapKid, err := runtimeWrappingKey(claims)
+	if err != nil {
+		return "", err
+	}
+	kv.mu.Lock()
+	tamper, toOther, wrongSigner, untrusted, wrongHost := kv.tamper, kv.wrapToOther, kv.wrongSigner, kv.untrustedCA, kv.wrongHost
+	kv.lastReleaseTo = wrapKid
+	kv.mu.Unlock()
+	if toOther {
+		other := testRSAKey(kv.t, rsaOther)
+		wrapTo = &other.PublicKey
+		wrapKid = rsaPublicJWK(wrapTo).Kid
+	}
+	newHash, err := encHash(enc)
+	if err != nil {
+		return "", err
+	}
+	plain, err := keyPlaintext(k)
+	if err != nil {
+		return "", err
+	}
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	wrappedKEK, err := rsa.EncryptOAEP(newHash(), rand.Reader, wrapTo, kek, nil)
+	if err != nil {
+		return "", err
+	}
+	wrappedKey, err := aesKeyWrapPad(kek, plain)
+	if err != nil {
+		return "", err
+	}
+	ct := append(wrappedKEK, wrappedKey...)
+	if tamper {
+		ct[len(ct)-3] ^= 0x40
+	}
+	keyHSM := mustJSON(map[string]any{
+		"schema_version": "1.0",
+		"header":         map[string]string{"alg": "dir", "enc": enc, "kid": wrapKid},
+		"ciphertext":     b64url(ct),
+	})
+	kid := fmt.Sprintf("https://%s/keys/%s/%s", kv.host, k.name, k.version)
+	pubKey, err := publicJWKMembers(k)
+	if err != nil {
+		return "", err
+	}
+	pubKey["kid"], pubKey["kty"], pubKey["key_hsm"] = kid, k.kty, b64url(keyHSM)
+	if k.keyOps != nil {
+		pubKey["key_ops"] = k.keyOps
+	}
+	payload := mustJSON(map[string]any{
+		"request": map[string]any{"api-version": "7.4", "enc": enc, "kid": kid},
+		"response": map[string]any{"key": map[string]any{
+			"attributes": map[string]any{"created": time.Now().Unix(), "updated": time.Now().Unix(), "enabled": true,
+				"exportable": true, "recoverableDays": 7, "recoveryLevel": "CustomizedRecoverable+Purgeable"},
+			"key":            pubKey,
+			"release_policy": map[string]any{"contentType": "application/json; charset=utf-8", "data": b64url(k.policy)},
+		}},
+	})
+
+	signer := kv.signer
+	var chain []*x509.Certificate
+	switch {
+	case untrusted:
+		chain = []*x509.Certificate{kv.pki.untInter.issue(&signer.PublicKey, hostOnly(kv.host)), kv.pki.untInter.cert, kv.pki.untrustedRoot.cert}
+	case wrongHost:
+		chain = []*x509.Certificate{kv.pki.inter.issue(&signer.PublicKey, "other-vault.vault.azure.net"), kv.pki.inter.cert, kv.pki.root.cert}
+	default:
+		chain = []*x509.Certificate{kv.pki.inter.issue(&signer.PublicKey, "*.vault.azure.net", hostOnly(kv.host)), kv.pki.inter.cert, kv.pki.root.cert}
+	}
+	if wrongSigner {
+		signer = testRSAKey(kv.t, rsaOther)
+	}
+	x5c := make([]string, len(chain))
+	for i, c := range chain {
+		x5c[i] = base64.StdEncoding.EncodeToString(c.Raw)
+	}
+	sum := sha256.Sum256(chain[0].Raw)
+	return signJWS(map[string]any{"alg": "RS256", "kid": b64url(sum[:]), "x5c": x5c, "x5t#S256": b64url(sum[:])}, payload, signer, "RS256")
+}
+
+// ---- release policy (version 1.0.0) ----
+
+type policyDoc struct {
+	Version string            `json:"version"`
+	AnyOf   []policyAuthority `json:"anyOf"`
+}
+
+type policyAuthority struct {
+	Authority string       `json:"authority"`
+	AllOf     []policyCond `json:"allOf"`
+	AnyOf     []policyCond `json:"anyOf"`
+}
+
+type policyCond struct {
+	Claim  string       `json:"claim"`
+	Equals any          `json:"equals"`
+	AllOf  []policyCond `json:"allOf"`
+	AnyOf  []policyCond `json:"anyOf"`
+}
+
+func parsePolicy(b []byte) (*policyDoc, error) {
+	var p policyDoc
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, err
+	}
+	if p.Version != "1.0.0" {
+		return nil, fmt.Errorf("policy version %q", p.Version)
+	}
+	return &p, nil
+}
+
+func policyAuthorities(b []byte) ([]string, error) {
+	p, err := parsePolicy(b)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range p.AnyOf {
+		out = append(out, a.Authority)
+	}
+	return out, nil
+}
+
+// evalReleasePolicy says whether the claims of a token from iss meet the
+// policy: some authority entry whose authority is iss and whose conditions
+// all (allOf) or some (anyOf) hold.
+func evalReleasePolicy(policy []byte, claims map[string]any) (bool, error) {
+	p, err := parsePolicy(policy)
+	if err != nil {
+		return false, err
+	}
+	iss, _ := claims["iss"].(string)
+	for _, a := range p.AnyOf {
+		if strings.TrimRight(a.Authority, "/") != strings.TrimRight(iss, "/") {
+			continue
+		}
+		if (a.AllOf == nil) == (a.AnyOf == nil) {
+			return false, errors.New("an authority needs exactly one of allOf and anyOf")
+		}
+		if a.AllOf != nil && evalAll(a.AllOf, claims) || a.AnyOf != nil && evalAny(a.AnyOf, claims) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func evalAll(cs []policyCond, claims map[string]any) bool {
+	for _, c := range cs {
+		if !evalCond(c, claims) {
+			return false
+		}
+	}
+	return true
+}
+
+func evalAny(cs []policyCond, claims map[string]any) bool {
+	for _, c := range cs {
+		if evalCond(c, claims) {
+			return true
+		}
+	}
+	return false
+}
+
+func evalCond(c policyCond, claims map[string]any) bool {
+	switch {
+	case c.AllOf != nil:
+		return evalAll(c.AllOf, claims)
+	case c.AnyOf != nil:
+		return evalAny(c.AnyOf, claims)
+	}
+	v, ok := claimAt(claims, c.Claim)
+	return ok && c.Equals != nil && claimString(v) == claimString(c.Equals)
+}
+
+// claimAt follows a dot path into nested objects.
+func claimAt(claims map[string]any, path string) (any, bool) {
+	var cur any = claims
+	for _, part := range strings.Split(path, ".") {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = m[part]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+// claimString is the string form policies compare: "false" equals false,
+// "0" equals 0.
+func claimString(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case bool:
+		return strconv.FormatBool(x)
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case json.Number:
+		return x.String()
+	}
+	return fmt.Sprint(v)
+}
+
+// skrPolicy is the policy Microsoft's importkey writes for a container
+// group: its host data, an endorsed UVM, no debug, VMPL 0.
+func skrPolicy(authority, hostData string) []byte {
+	return mustJSON(map[string]any{"version": "1.0.0", "anyOf": []any{map[string]any{
+		"authority": "https://" + authority,
+		"allOf": []any{
+			map[string]any{"claim": "x-ms-sevsnpvm-hostdata", "equals": hostData},
+			map[string]any{"claim": "x-ms-compliance-status", "equals": "azure-compliant-uvm"},
+			map[string]any{"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"},
+			map[string]any{"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"},
+		},
+	}}})
+}
+
+// ---- IMDS ----
+
+// imdsStandIn is the managed identity endpoint: plain http, Metadata: true,
+// numbers as strings.
+type imdsStandIn struct {
+	*faults
+	srv   *httptest.Server
+	token string
+
+	mu        sync.Mutex
+	resources []string
+}
+
+func newIMDSStandIn(t testing.TB, token string) *imdsStandIn {
+	m := &imdsStandIn{faults: newFaults(), token: token}
+	m.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if m.intercept(w, r) {
+			return
+		}
+		if r.URL.Path != "/metadata/identity/oauth2/token" || r.Method != http.MethodGet {
+			http.NotFound(w, r)
+			return
+		}
+		if r.Header.Get("Metadata") != "true" {
+			writeJSON(w, 400, map[string]string{"error": "invalid_request", "error_description": "Required metadata header not specified"})
+			return
+		}
+		q := r.URL.Query()
+		if q.Get("api-version") == "" || q.Get("resource") == "" {
+			writeJSON(w, 400, map[string]string{"error": "invalid_request", "error_description": "api-version and resource are required"})
+			return
+		}
+		m.mu.Lock()
+		m.resources = append(m.resources, q.Get("resource"))
+		m.mu.Unlock()
+		exp := time.Now().Add(time.Hour).Unix()
+		writeJSON(w, 200, map[string]string{
+			"access_token": m.token, "refresh_token": "", "expires_in": "3599",
+			"expires_on": strconv.FormatInt(exp, 10), "not_before": strconv.FormatInt(time.Now().Unix(), 10),
+			"resource": q.Get("resource"), "token_type": "Bearer",
+		})
+	}))
+	t.Cleanup(func() { m.stop(); m.srv.Close() })
+	return m
+}
