@@ -182,6 +182,9 @@ type releaser struct {
 	ttl  time.Duration
 	pool *keyPool
 	now  func() time.Time
+	// attestFn gets a credential for a host: attest, unless a test says
+	// otherwise.
+	attestFn func(ctx context.Context, host string) (*releaseCredential, error)
 
 	baseCtx context.Context // ends on Close: stops attestations in flight
 	cancel  context.CancelFunc
@@ -194,7 +197,7 @@ type releaser struct {
 
 func newReleaser(s *server) *releaser {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &releaser{
+	r := &releaser{
 		s:       s,
 		ttl:     s.cfg.WrappingKeyTTL,
 		pool:    newKeyPool(generateWrappingKey, s.log),
@@ -204,6 +207,8 @@ func newReleaser(s *server) *releaser {
 		current: map[string]*releaseCredential{},
 		flights: map[string]*attestFlight{},
 	}
+	r.attestFn = r.attest
+	return r
 }
 
 // Close drops every wrapping key from memory.
@@ -225,7 +230,7 @@ func (r *releaser) Close() {
 func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCredential, reused bool, err error) {
 	if r.ttl <= 0 {
 		// No reuse, hence nothing to share: each release attests for itself.
-		c, err := r.attest(ctx, host)
+		c, err := r.attestFn(ctx, host)
 		if err != nil {
 			return nil, false, err
 		}
@@ -275,7 +280,7 @@ func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCr
 func (r *releaser) fly(host string, f *attestFlight) {
 	ctx, cancel := context.WithTimeout(r.baseCtx, r.s.timeout)
 	defer cancel()
-	c, err := r.attest(ctx, host)
+	c, err := r.attestFn(ctx, host)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()

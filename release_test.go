@@ -1,0 +1,950 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// ---- the environment: the real server, a device, MAA and Key Vault ----
+
+const (
+	testBearer      = "eyJ0ZXN0IjoiYmVhcmVyIn0.test-bearer-token-for-key-vault"
+	testPolicy      = "package policy\n\napi_version := \"0.10.0\"\n\nmount_device := {\"allowed\": true}\n"
+	testUVMRefInfo  = "test UVM reference info (COSE_Sign1 stand-in)"
+	keyOct          = "oct-key"
+	keyRSA          = "rsa-key"
+	keyEC           = "ec-key"
+	keyLocked       = "locked-key"
+	deviceEmulator  = "emulator"
+	deviceFakeGuest = "go-sev-guest fake"
+)
+
+type releaseEnvOpts struct {
+	device  string // deviceEmulator (default) or deviceFakeGuest
+	ttl     time.Duration
+	timeout time.Duration
+	kvToken string            // the bearer Key Vault expects; "" = testBearer
+	env     map[string]string // extra environment for the server
+	args    *SkrSideCarArgs
+}
+
+type releaseEnv struct {
+	url      string
+	logs     *syncBuffer
+	maa      *maaStandIn
+	kv       *kvStandIn
+	hostData string // hex HOST_DATA the device reports
+
+	oct []byte
+	rsa *rsa.PrivateKey
+	ec  *ecdsa.PrivateKey
+}
+
+// deviceWithCerts hands a device's own certificates to the server as the
+// platform certificates, as the security context does on ACI.
+type deviceWithCerts struct {
+	teeDevice
+	certs *platformCerts
+}
+
+func (d deviceWithCerts) PlatformCerts(context.Context) (*platformCerts, error) { return d.certs, nil }
+
+// testDevice returns the device, its ARK and the HOST_DATA it reports.
+func testDevice(t testing.TB, kind string) (teeDevice, *platformCerts, string) {
+	t.Helper()
+	switch kind {
+	case "", deviceEmulator:
+		tee := newTestEmulator(t, []byte(testPolicy))
+		src, ok := tee.(platformCertSource)
+		if !ok {
+			t.Fatal("the emulator brings no platform certificates")
+		}
+		certs, err := src.PlatformCerts(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256([]byte(testPolicy))
+		return tee, certs, hex.EncodeToString(sum[:])
+	case deviceFakeGuest:
+		tee, certs := newFakeSevGuest(t)
+		raw, err := tee.GetReport(context.Background(), [64]byte{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := parseReport(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := tee.(platformCertSource); !ok {
+			tee = deviceWithCerts{tee, certs}
+		}
+		return tee, certs, hex.EncodeToString(rep.HostData[:])
+	}
+	t.Fatalf("unknown device %q", kind)
+	return nil, nil, ""
+}
+
+func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
+	t.Helper()
+	tee, certs, hostData := testDevice(t, o.device)
+	e := &releaseEnv{hostData: hostData}
+	e.maa = newMAAStandIn(t, certs.ARK)
+	kvToken := o.kvToken
+	if kvToken == "" {
+		kvToken = testBearer
+	}
+	e.kv = newKVStandIn(t, kvToken)
+
+	e.oct = make([]byte, 32)
+	rand.Read(e.oct)
+	e.rsa = testRSAKey(t, rsaReleased)
+	e.ec = mustECKey()
+	policy := skrPolicy(e.maa.host, hostData)
+	e.kv.addKey(&kvKey{name: keyOct, kty: "oct-HSM", keyOps: []string{"encrypt", "decrypt", "wrapKey", "unwrapKey"}, material: e.oct, policy: policy})
+	e.kv.addKey(&kvKey{name: keyRSA, kty: "RSA-HSM", keyOps: []string{"sign", "verify", "decrypt"}, material: e.rsa, policy: policy})
+	e.kv.addKey(&kvKey{name: keyEC, kty: "EC-HSM", keyOps: []string{"sign"}, material: e.ec, policy: policy})
+	e.kv.addKey(&kvKey{name: keyLocked, kty: "oct-HSM", material: []byte("0123456789abcdef0123456789abcdef"),
+		policy: skrPolicy(e.maa.host, strings.Repeat("ab", 32))})
+
+	env := map[string]string{"UVM_REFERENCE_INFO": base64.StdEncoding.EncodeToString([]byte(testUVMRefInfo))}
+	for k, v := range o.env {
+		env[k] = v
+	}
+	cfg := serverConfig{WrappingKeyTTL: o.ttl, Args: o.args}
+	opts := serverOptions{
+		TEE:            tee,
+		Roots:          getTestPKI().roots(),
+		Getenv:         func(k string) string { return env[k] },
+		RequestTimeout: o.timeout,
+	}
+	e.url, e.logs = startTestServer(t, cfg, opts)
+	return e
+}
+
+// releaseBody is a /key/release request against the stand-ins.
+func (e *releaseEnv) releaseBody(kid, accessToken string) string {
+	m := map[string]string{"maa_endpoint": e.maa.host, "akv_endpoint": e.kv.host, "kid": kid}
+	if accessToken != "" {
+		m["access_token"] = accessToken
+	}
+	return string(mustJSON(m))
+}
+
+func (e *releaseEnv) release(t testing.TB, kid string) (int, map[string]any) {
+	t.Helper()
+	return call(t, "POST", e.url+"/key/release", e.releaseBody(kid, testBearer))
+}
+
+func (e *releaseEnv) mustRelease(t testing.TB, kid string) jwk {
+	t.Helper()
+	status, out := e.release(t, kid)
+	return releasedJWK(t, status, out)
+}
+
+func (e *releaseEnv) mustReleaseBody(t testing.TB, body string) jwk {
+	t.Helper()
+	status, out := call(t, "POST", e.url+"/key/release", body)
+	return releasedJWK(t, status, out)
+}
+
+// releasedJWK decodes the {"key": "<JWK JSON>"} answer.
+func releasedJWK(t testing.TB, status int, out map[string]any) jwk {
+	t.Helper()
+	if status != http.StatusOK {
+		t.Fatalf("status %d: %v", status, out)
+	}
+	s, ok := out["key"].(string)
+	if !ok {
+		t.Fatalf("answer has no key string: %v", out)
+	}
+	k, err := parseJWK([]byte(s))
+	if err != nil {
+		t.Fatalf("released key is not a JWK: %v: %s", err, s)
+	}
+	return k
+}
+
+func wantNoKey(t testing.TB, status int, out map[string]any, wantStatus int, wantInError ...string) {
+	t.Helper()
+	if _, ok := out["key"]; ok {
+		t.Fatalf("a key was returned: status %d", status)
+	}
+	if status != wantStatus {
+		t.Fatalf("status = %d, want %d: %v", status, wantStatus, out)
+	}
+	msg, _ := out["error"].(string)
+	for _, w := range wantInError {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error %q does not mention %q", msg, w)
+		}
+	}
+}
+
+// ---- end to end ----
+
+func TestKeyReleaseEndToEnd(t *testing.T) {
+	for _, device := range []string{deviceEmulator, deviceFakeGuest} {
+		t.Run(device, func(t *testing.T) {
+			e := newReleaseEnv(t, releaseEnvOpts{device: device, ttl: time.Minute})
+			t.Run("oct", func(t *testing.T) {
+				k := e.mustRelease(t, keyOct)
+				if k.Kty != "oct" || k.K != b64url(e.oct) {
+					t.Fatalf("released oct key = kty %q k %q, want the vault's key", k.Kty, k.K)
+				}
+				checkKidAndOps(t, k, e, keyOct, []string{"encrypt", "decrypt", "wrapKey", "unwrapKey"})
+			})
+			t.Run("RSA", func(t *testing.T) {
+				k := e.mustRelease(t, keyRSA)
+				if k.Kty != "RSA" || k.D == "" || k.P == "" || k.Q == "" || k.DP == "" || k.DQ == "" || k.QI == "" {
+					t.Fatalf("released RSA JWK lacks private members: %+v", k.Kty)
+				}
+				priv, err := k.PrivateKey()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !e.rsa.Equal(priv) {
+					t.Fatal("released RSA key is not the vault's key")
+				}
+				checkKidAndOps(t, k, e, keyRSA, []string{"sign", "verify", "decrypt"})
+			})
+			t.Run("EC", func(t *testing.T) {
+				k := e.mustRelease(t, keyEC)
+				if k.Kty != "EC" || k.Crv != "P-256" || k.D == "" {
+					t.Fatalf("released EC JWK = kty %q crv %q", k.Kty, k.Crv)
+				}
+				priv, err := k.PrivateKey()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !e.ec.Equal(priv) {
+					t.Fatal("released EC key is not the vault's key")
+				}
+				checkKidAndOps(t, k, e, keyEC, []string{"sign"})
+			})
+			if got := e.maa.count(); got != 1 {
+				t.Errorf("MAA was called %d times for three releases within the TTL, want 1", got)
+			}
+			claims := e.maa.claims()
+			if claims["x-ms-sevsnpvm-hostdata"] != e.hostData || claims["x-ms-compliance-status"] != "azure-compliant-uvm" {
+				t.Errorf("MAA claims hostdata %v compliance %v", claims["x-ms-sevsnpvm-hostdata"], claims["x-ms-compliance-status"])
+			}
+		})
+	}
+}
+
+func checkKidAndOps(t *testing.T, k jwk, e *releaseEnv, name string, ops []string) {
+	t.Helper()
+	if !strings.HasPrefix(k.Kid, "https://"+e.kv.host+"/keys/"+name+"/") {
+		t.Errorf("kid = %q, want the vault's key identifier", k.Kid)
+	}
+	if !slices.Equal(k.KeyOps, ops) {
+		t.Errorf("key_ops = %q, want %q", k.KeyOps, ops)
+	}
+}
+
+func TestKeyReleaseEncVariants(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	for _, enc := range []string{encRSAAESKeyWrapSHA1, encRSAAESKeyWrap256, encRSAAESKeyWrap384} {
+		t.Run(enc, func(t *testing.T) {
+			e.kv.set(func(kv *kvStandIn) { kv.enc = enc })
+			k := e.mustRelease(t, keyOct)
+			if k.K != b64url(e.oct) {
+				t.Fatal("wrong key released")
+			}
+			k = e.mustRelease(t, keyRSA)
+			if priv, err := k.PrivateKey(); err != nil || !e.rsa.Equal(priv) {
+				t.Fatalf("RSA key with %s: %v", enc, err)
+			}
+		})
+	}
+}
+
+func TestKeyReleaseVersionPinned(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	k := e.mustRelease(t, keyOct)
+	_, ver, err := keyIDParts(k.Kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustRelease(t, keyOct+"/"+ver)
+	status, out := e.release(t, keyOct+"/"+strings.Repeat("f", 32))
+	wantNoKey(t, status, out, http.StatusBadGateway, "Key Vault", keyOct, e.kv.host)
+}
+
+// ---- refusals ----
+
+func TestKeyReleasePolicyNotMet(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	status, out := e.release(t, keyLocked)
+	wantNoKey(t, status, out, http.StatusForbidden, "Key Vault", "release policy", e.hostData, keyLocked)
+
+	// Compliance status not what the policy wants: same refusal.
+	e2 := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
+	e2.maa.setCompliance("not-compliant")
+	status, out = e2.release(t, keyOct)
+	wantNoKey(t, status, out, http.StatusForbidden, "release policy", e2.hostData)
+}
+
+func TestKeyReleaseResponseVerification(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	cases := []struct {
+		name   string
+		knob   func(kv *kvStandIn, on bool)
+		status int
+		step   string
+	}{
+		{"bad JWS signature", func(kv *kvStandIn, on bool) { kv.wrongSigner = on }, http.StatusForbidden, "verify"},
+		{"untrusted chain", func(kv *kvStandIn, on bool) { kv.untrustedCA = on }, http.StatusForbidden, "verify"},
+		{"wrong host name", func(kv *kvStandIn, on bool) { kv.wrongHost = on }, http.StatusForbidden, "verify"},
+		{"wrapped to another key", func(kv *kvStandIn, on bool) { kv.wrapToOther = on }, http.StatusForbidden, "verify"},
+		{"tampered ciphertext", func(kv *kvStandIn, on bool) { kv.tamper = on }, http.StatusBadGateway, "unwrap"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e.kv.set(func(kv *kvStandIn) { c.knob(kv, true) })
+			defer e.kv.set(func(kv *kvStandIn) { c.knob(kv, false) })
+			for _, kid := range []string{keyOct, keyRSA} {
+				status, out := e.release(t, kid)
+				wantNoKey(t, status, out, c.status, c.step, kid)
+			}
+		})
+	}
+	// The same environment still releases once the vault behaves.
+	e.mustRelease(t, keyOct)
+}
+
+func TestKeyReleaseUnauthorized(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, "not-the-right-token"))
+	wantNoKey(t, status, out, http.StatusForbidden, "Key Vault", "access_token from the request", "401")
+}
+
+func TestKeyReleaseKeyNotFound(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	status, out := e.release(t, "no-such-key")
+	wantNoKey(t, status, out, http.StatusBadGateway, "no key", "no-such-key", e.kv.host)
+}
+
+// ---- retries and deadlines ----
+
+func TestKeyReleaseRetries(t *testing.T) {
+	t.Run("MAA 500 then 200", func(t *testing.T) {
+		e := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
+		e.maa.failNext(1, http.StatusInternalServerError, "")
+		e.mustRelease(t, keyOct)
+		if got := e.maa.count(); got != 2 {
+			t.Fatalf("MAA calls = %d, want 2", got)
+		}
+	})
+	t.Run("MAA 429 with Retry-After", func(t *testing.T) {
+		e := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
+		e.maa.failNext(1, http.StatusTooManyRequests, "1")
+		start := time.Now()
+		e.mustRelease(t, keyOct)
+		if got := e.maa.count(); got != 2 {
+			t.Fatalf("MAA calls = %d, want 2", got)
+		}
+		if d := time.Since(start); d < 900*time.Millisecond {
+			t.Fatalf("retried after %v, before the Retry-After of 1 s", d)
+		}
+	})
+	t.Run("Key Vault 503 then 200", func(t *testing.T) {
+		e := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
+		e.kv.failNext(2, http.StatusServiceUnavailable, "")
+		e.mustRelease(t, keyOct)
+		if got := e.kv.count(); got != 3 {
+			t.Fatalf("Key Vault calls = %d, want 3", got)
+		}
+	})
+	t.Run("MAA 500 for good", func(t *testing.T) {
+		e := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
+		e.maa.failNext(100, http.StatusInternalServerError, "")
+		status, out := e.release(t, keyOct)
+		wantNoKey(t, status, out, http.StatusBadGateway, "MAA", e.maa.host)
+		if got := e.maa.count(); got != defaultRetry.Attempts {
+			t.Fatalf("MAA calls = %d, want %d", got, defaultRetry.Attempts)
+		}
+	})
+}
+
+func TestKeyReleaseDeadline(t *testing.T) {
+	const timeout = 1500 * time.Millisecond
+	for _, svc := range []string{"MAA", "Key Vault"} {
+		t.Run(svc, func(t *testing.T) {
+			e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, timeout: timeout})
+			if svc == "MAA" {
+				e.maa.setHang(true)
+			} else {
+				e.kv.setHang(true)
+			}
+			start := time.Now()
+			status, out := e.release(t, keyOct)
+			wantNoKey(t, status, out, http.StatusGatewayTimeout, svc)
+			if d := time.Since(start); d > timeout+5*time.Second {
+				t.Fatalf("answered after %v, long past the %v deadline", d, timeout)
+			}
+		})
+	}
+}
+
+// ---- sharing and reuse ----
+
+func TestKeyReleaseConcurrentShareOneAttestation(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: 5 * time.Minute})
+	const n = 64
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	kids := []string{keyOct, keyRSA, keyEC}
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := e.releaseBody(kids[i%len(kids)], testBearer)
+			resp, err := http.Post(e.url+"/key/release", "application/json", strings.NewReader(body))
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			var out map[string]any
+			json.NewDecoder(resp.Body).Decode(&out)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || out["key"] == nil {
+				t.Errorf("release %d: status %d %v", i, resp.StatusCode, out["error"])
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d concurrent releases failed", failed.Load(), n)
+	}
+	if got := e.maa.count(); got != 1 {
+		t.Fatalf("MAA calls = %d for %d concurrent releases, want 1 shared attestation", got, n)
+	}
+	if got := e.kv.count(); got != n {
+		t.Fatalf("Key Vault calls = %d, want %d", got, n)
+	}
+}
+
+func TestKeyReleaseTTLZeroAttestsEachTime(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
+	seen := map[string]bool{}
+	for range 3 {
+		e.mustRelease(t, keyOct)
+		e.kv.mu.Lock()
+		seen[e.kv.lastReleaseTo] = true
+		e.kv.mu.Unlock()
+	}
+	if got := e.maa.count(); got != 3 {
+		t.Fatalf("MAA calls = %d for 3 releases with TTL 0, want 3", got)
+	}
+	if len(seen) != 3 {
+		t.Fatalf("%d distinct wrapping keys for 3 releases with TTL 0, want 3", len(seen))
+	}
+}
+
+func TestKeyReleaseTTLReuse(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: 5 * time.Minute})
+	for _, kid := range []string{keyOct, keyRSA, keyEC, keyOct} {
+		e.mustRelease(t, kid)
+	}
+	if got := e.maa.count(); got != 1 {
+		t.Fatalf("MAA calls = %d for 4 releases within the TTL, want 1", got)
+	}
+}
+
+func TestKeyReleaseTTLExpires(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: 300 * time.Millisecond})
+	e.mustRelease(t, keyOct)
+	e.mustRelease(t, keyOct)
+	if got := e.maa.count(); got != 1 {
+		t.Fatalf("MAA calls = %d within the TTL, want 1", got)
+	}
+	time.Sleep(400 * time.Millisecond)
+	e.mustRelease(t, keyOct)
+	if got := e.maa.count(); got != 2 {
+		t.Fatalf("MAA calls = %d after the TTL, want 2", got)
+	}
+}
+
+// ---- bearer tokens ----
+
+func TestKeyReleaseBearerFromIMDS(t *testing.T) {
+	const imdsToken = "imds-issued-token-for-the-vault"
+	imds := newIMDSStandIn(t, imdsToken)
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, kvToken: imdsToken,
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
+	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
+	k := releasedJWK(t, status, out)
+	if k.K != b64url(e.oct) {
+		t.Fatal("wrong key")
+	}
+	if imds.count() < 1 {
+		t.Fatal("IMDS was not asked for a token")
+	}
+	imds.mu.Lock()
+	res := imds.resources
+	imds.mu.Unlock()
+	if len(res) == 0 || !strings.HasPrefix(res[0], "https://vault.azure.net") {
+		t.Errorf("IMDS resources = %q, want the Key Vault audience", res)
+	}
+	// A request's access_token wins over the identity.
+	status, out = call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, "wrong-request-token"))
+	wantNoKey(t, status, out, http.StatusForbidden, "access_token from the request")
+}
+
+func TestKeyReleaseIMDSRefusesVaultToken(t *testing.T) {
+	imds := newIMDSStandIn(t, "a-token-the-vault-does-not-take")
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute,
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
+	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
+	wantNoKey(t, status, out, http.StatusForbidden, "Key Vault", "IMDS")
+}
+
+// ---- requests ----
+
+func TestKeyReleaseBadRequests(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
+	good := map[string]string{"maa_endpoint": e.maa.host, "akv_endpoint": e.kv.host, "kid": keyOct, "access_token": testBearer}
+	with := func(k, v string) string {
+		m := map[string]string{}
+		for a, b := range good {
+			m[a] = b
+		}
+		if v == "\x00delete" {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+		return string(mustJSON(m))
+	}
+	cases := map[string]string{
+		"empty body":         "",
+		"not JSON":           "{",
+		"trailing data":      with("kid", keyOct) + "{}",
+		"no kid":             with("kid", "\x00delete"),
+		"kid with slash":     with("kid", "a/b/c"),
+		"kid with dots":      with("kid", "../keys"),
+		"kid bad version":    with("kid", keyOct+"/xyz"),
+		"kid too long":       with("kid", strings.Repeat("a", 128)),
+		"no maa endpoint":    with("maa_endpoint", "\x00delete"),
+		"http maa endpoint":  with("maa_endpoint", "http://"+e.maa.host),
+		"http akv endpoint":  with("akv_endpoint", "http://"+e.kv.host),
+		"akv with path":      with("akv_endpoint", e.kv.host+"/keys"),
+		"token with space":   with("access_token", "Bearer abc"),
+		"token with newline": with("access_token", "abc\r\nX: y"),
+	}
+	for name, body := range cases {
+		t.Run(name, func(t *testing.T) {
+			status, out := call(t, "POST", e.url+"/key/release", body)
+			wantNoKey(t, status, out, http.StatusBadRequest)
+		})
+	}
+	if e.maa.count() != 0 || e.kv.count() != 0 {
+		t.Fatalf("bad requests reached MAA (%d) or Key Vault (%d)", e.maa.count(), e.kv.count())
+	}
+	status, out := call(t, "GET", e.url+"/key/release", "")
+	wantNoKey(t, status, out, http.StatusMethodNotAllowed)
+}
+
+// ---- logs ----
+
+// TestKeyReleaseLogsNoSecrets runs whole releases at trace level and looks
+// for every secret, in every encoding, in the log.
+func TestKeyReleaseLogsNoSecrets(t *testing.T) {
+	var mu sync.Mutex
+	var wrapping []*rsa.PrivateKey
+	orig := generateWrappingKey
+	generateWrappingKey = func() (*wrappingKey, error) {
+		k, err := newWrappingKey()
+		if err == nil {
+			mu.Lock()
+			// Copy what the releaser will zero when it drops the key.
+			c := *k.priv
+			c.D = new(big.Int).Set(k.priv.D)
+			c.Primes = []*big.Int{new(big.Int).Set(k.priv.Primes[0]), new(big.Int).Set(k.priv.Primes[1])}
+			wrapping = append(wrapping, &c)
+			mu.Unlock()
+		}
+		return k, err
+	}
+	t.Cleanup(func() { generateWrappingKey = orig })
+
+	const imdsToken = "imds-token-that-must-never-be-logged"
+	imds := newIMDSStandIn(t, imdsToken)
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: 0, kvToken: imdsToken,
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
+	for _, kid := range []string{keyOct, keyRSA, keyEC} {
+		e.mustReleaseBody(t, e.releaseBody(kid, ""))
+	}
+	// A failing release logs its error too: no secret in it either.
+	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, testBearer))
+	wantNoKey(t, status, out, http.StatusForbidden)
+	e.mustReleaseBody(t, e.releaseBody(keyOct, imdsToken))
+
+	secrets := map[string][]byte{
+		"bearer (IMDS)":    []byte(imdsToken),
+		"bearer (request)": []byte(testBearer),
+		"oct key":          e.oct,
+		"RSA key d":        e.rsa.D.Bytes(),
+		"RSA key p":        e.rsa.Primes[0].Bytes(),
+		"EC key d":         mustECBytes(t, e.ec),
+	}
+	for i, tok := range e.maa.issuedTokens() {
+		secrets[fmt.Sprintf("MAA token %d", i)] = []byte(tok)
+		parts := strings.Split(tok, ".")
+		secrets[fmt.Sprintf("MAA token %d signature", i)] = []byte(parts[len(parts)-1])
+	}
+	mu.Lock()
+	for i, k := range wrapping {
+		secrets[fmt.Sprintf("wrapping key %d d", i)] = k.D.Bytes()
+		secrets[fmt.Sprintf("wrapping key %d p", i)] = k.Primes[0].Bytes()
+	}
+	mu.Unlock()
+	if len(wrapping) < 4 {
+		t.Fatalf("only %d wrapping keys were made for 5 releases with TTL 0", len(wrapping))
+	}
+	logs := e.logs.String()
+	if !strings.Contains(logs, "key released") || !strings.Contains(logs, "level=trace") {
+		t.Fatalf("the log does not show trace-level release lines:\n%s", logs)
+	}
+	for name, s := range secrets {
+		for enc, form := range encodings(s) {
+			if len(form) >= 16 && strings.Contains(logs, form) {
+				t.Errorf("the log contains the %s (%s)", name, enc)
+			}
+		}
+	}
+}
+
+func mustECBytes(t testing.TB, k *ecdsa.PrivateKey) []byte {
+	b, err := k.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// encodings are the forms a secret could take in a log line; long secrets
+// are also looked for by a 24-byte window, so a truncated dump is caught.
+func encodings(s []byte) map[string]string {
+	out := map[string]string{}
+	add := func(tag string, b []byte) {
+		out["raw"+tag] = string(b)
+		out["hex"+tag] = hex.EncodeToString(b)
+		out["HEX"+tag] = strings.ToUpper(hex.EncodeToString(b))
+		out["base64url"+tag] = base64.RawURLEncoding.EncodeToString(b)
+		out["base64"+tag] = base64.RawStdEncoding.EncodeToString(b)
+		out["decimal"+tag] = new(big.Int).SetBytes(b).String()
+	}
+	add("", s)
+	if len(s) > 48 {
+		add(" (window)", s[8:32])
+	}
+	return out
+}
+
+// ---- releaser unit tests: sharing, reference counts, dropping keys ----
+
+func newUnitReleaser(t *testing.T, ttl time.Duration, attest func(ctx context.Context, host string) (*releaseCredential, error)) *releaser {
+	t.Helper()
+	s := &server{cfg: serverConfig{WrappingKeyTTL: ttl}, log: newLogger(&syncBuffer{}, levelTrace), timeout: 5 * time.Second}
+	r := newReleaser(s)
+	r.attestFn = attest
+	t.Cleanup(r.Close)
+	return r
+}
+
+func fakeCredential(t testing.TB, host string, until time.Time) *releaseCredential {
+	k := testRSAKey(t, rsaOther)
+	c := *k
+	c.D = new(big.Int).Set(k.D)
+	return &releaseCredential{maaHost: host, key: &wrappingKey{priv: &c, kid: "test"}, token: "t", reuseUntil: until}
+}
+
+func TestReleaserSingleFlightAndDrop(t *testing.T) {
+	var calls atomic.Int32
+	gate := make(chan struct{})
+	r := newUnitReleaser(t, time.Minute, func(ctx context.Context, host string) (*releaseCredential, error) {
+		calls.Add(1)
+		<-gate
+		return fakeCredential(t, host, time.Now().Add(time.Minute)), nil
+	})
+	const n = 16
+	creds := make(chan *releaseCredential, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _, err := r.credential(context.Background(), "maa.example")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			creds <- c
+		}()
+	}
+	// One caller gives up while the attestation is in flight.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	if _, _, err := r.credential(ctx, "maa.example"); err == nil {
+		t.Fatal("a caller whose deadline passed got a credential")
+	}
+	cancel()
+	close(gate)
+	wg.Wait()
+	close(creds)
+	var first *releaseCredential
+	for c := range creds {
+		if first == nil {
+			first = c
+		}
+		if c != first {
+			t.Fatal("concurrent callers got different credentials")
+		}
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("attestations = %d, want 1", calls.Load())
+	}
+	r.mu.Lock()
+	refs := first.refs
+	r.mu.Unlock()
+	if refs != n {
+		t.Fatalf("refs = %d, want %d (the caller that gave up holds none)", refs, n)
+	}
+	for range n {
+		r.put(first)
+	}
+	if first.key.priv == nil {
+		t.Fatal("a live cached key was dropped")
+	}
+	// Cached: the next caller reuses it without attesting.
+	c, reused, err := r.credential(context.Background(), "maa.example")
+	if err != nil || !reused || c != first {
+		t.Fatalf("reuse: %v %v", reused, err)
+	}
+	r.put(c)
+	r.Close()
+	if first.key.priv != nil {
+		t.Fatal("Close left the wrapping key in memory")
+	}
+	if r.cached() != 0 {
+		t.Fatal("Close left credentials")
+	}
+}
+
+func TestReleaserExpiryWaitsForUsers(t *testing.T) {
+	r := newUnitReleaser(t, 50*time.Millisecond, func(ctx context.Context, host string) (*releaseCredential, error) {
+		return fakeCredential(t, host, time.Now().Add(50*time.Millisecond)), nil
+	})
+	c, _, err := r.credential(context.Background(), "maa.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(120 * time.Millisecond)
+	if c.key.priv == nil {
+		t.Fatal("the key was dropped while a release still used it")
+	}
+	if r.cached() != 0 {
+		t.Fatal("an expired credential is still cached")
+	}
+	r.put(c)
+	if c.key.priv != nil {
+		t.Fatal("an expired key was kept after its last user")
+	}
+}
+
+func TestReleaserTokenExpiryBoundsReuse(t *testing.T) {
+	// A token expiring within the margin is used once and never cached.
+	r := newUnitReleaser(t, time.Hour, func(ctx context.Context, host string) (*releaseCredential, error) {
+		return fakeCredential(t, host, time.Now().Add(-time.Second)), nil
+	})
+	c, _, err := r.credential(context.Background(), "maa.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.put(c)
+	if c.key.priv != nil || r.cached() != 0 {
+		t.Fatal("a credential past its reuse time was kept")
+	}
+}
+
+func TestWrappingKeyRuntimeData(t *testing.T) {
+	wk, err := wrappingKeyFrom(testRSAKey(t, rsaOther))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(wk.runtimeData, &set); err != nil || len(set.Keys) != 1 {
+		t.Fatalf("runtime data %s: %v", wk.runtimeData, err)
+	}
+	k := set.Keys[0]
+	if k["kty"] != "RSA" || k["kid"] != wk.kid || k["n"] == nil || k["e"] != "AQAB" {
+		t.Fatalf("runtime JWK = %v", k)
+	}
+	if ops, _ := k["key_ops"].([]any); len(ops) != 1 || ops[0] != "encrypt" {
+		t.Fatalf("key_ops = %v", k["key_ops"])
+	}
+	if _, ok := k["d"]; ok {
+		t.Fatal("the runtime data holds the private exponent")
+	}
+	tp, _ := jwkThumbprint(rsaPublicJWK(&testRSAKey(t, rsaOther).PublicKey))
+	if wk.kid != tp {
+		t.Fatalf("kid %q is not the thumbprint %q", wk.kid, tp)
+	}
+}
+
+// ---- parsers of untrusted input ----
+
+func TestParseKeyRef(t *testing.T) {
+	ver := strings.Repeat("a1", 16)
+	for _, c := range []struct {
+		in      string
+		want    keyRef
+		wantErr bool
+	}{
+		{"mykey", keyRef{Name: "mykey"}, false},
+		{"My-Key-01", keyRef{Name: "My-Key-01"}, false},
+		{" mykey ", keyRef{Name: "mykey"}, false},
+		{"mykey/" + ver, keyRef{Name: "mykey", Version: ver}, false},
+		{"", keyRef{}, true},
+		{"my_key", keyRef{}, true},
+		{"my key", keyRef{}, true},
+		{"mykey/", keyRef{}, true},
+		{"mykey/short", keyRef{}, true},
+		{"mykey/" + ver + "/release", keyRef{}, true},
+		{"https://v.vault.azure.net/keys/mykey", keyRef{}, true},
+		{strings.Repeat("k", 127), keyRef{Name: strings.Repeat("k", 127)}, false},
+		{strings.Repeat("k", 128), keyRef{}, true},
+	} {
+		got, err := parseKeyRef(c.in)
+		if (err != nil) != c.wantErr || got != c.want {
+			t.Errorf("parseKeyRef(%q) = %+v, %v", c.in, got, err)
+		}
+		if err != nil && statusFor(err) != http.StatusBadRequest {
+			t.Errorf("parseKeyRef(%q) status %d", c.in, statusFor(err))
+		}
+	}
+}
+
+func TestReleaseEnc(t *testing.T) {
+	for _, c := range []struct{ req, hdr, want string }{
+		{encRSAAESKeyWrap256, "", encRSAAESKeyWrap256},
+		{encRSAAESKeyWrap256, encRSAAESKeyWrap256, encRSAAESKeyWrap256},
+		{"", encRSAAESKeyWrapSHA1, encRSAAESKeyWrapSHA1},
+		{encRSAAESKeyWrap384, encRSAAESKeyWrap256, ""},
+		{"", "", ""},
+		{"A256KW", "", ""},
+	} {
+		got, err := releaseEnc(c.req, c.hdr)
+		if got != c.want || (err != nil) != (c.want == "") {
+			t.Errorf("releaseEnc(%q, %q) = %q, %v", c.req, c.hdr, got, err)
+		}
+	}
+}
+
+func TestReleasePolicyEvaluation(t *testing.T) {
+	claims := map[string]any{
+		"iss": "https://maa.example", "x-ms-sevsnpvm-is-debuggable": false, "x-ms-sevsnpvm-vmpl": float64(0),
+		"x-ms-sevsnpvm-hostdata": "abcd", "x-ms-isolation-tee": map[string]any{"x-ms-attestation-type": "sevsnpvm"},
+	}
+	pol := func(authority string, body map[string]any) []byte {
+		a := map[string]any{"authority": authority}
+		for k, v := range body {
+			a[k] = v
+		}
+		return mustJSON(map[string]any{"version": "1.0.0", "anyOf": []any{a}})
+	}
+	eq := func(c string, v any) map[string]any { return map[string]any{"claim": c, "equals": v} }
+	for _, c := range []struct {
+		name   string
+		policy []byte
+		want   bool
+	}{
+		{"all met, string forms", pol("https://maa.example/", map[string]any{"allOf": []any{eq("x-ms-sevsnpvm-is-debuggable", "false"), eq("x-ms-sevsnpvm-vmpl", "0"), eq("x-ms-sevsnpvm-hostdata", "abcd")}}), true},
+		{"native forms", pol("https://maa.example", map[string]any{"allOf": []any{eq("x-ms-sevsnpvm-is-debuggable", false), eq("x-ms-sevsnpvm-vmpl", 0)}}), true},
+		{"one unmet", pol("https://maa.example", map[string]any{"allOf": []any{eq("x-ms-sevsnpvm-hostdata", "ffff"), eq("x-ms-sevsnpvm-vmpl", "0")}}), false},
+		{"anyOf", pol("https://maa.example", map[string]any{"anyOf": []any{eq("x-ms-sevsnpvm-hostdata", "ffff"), eq("x-ms-sevsnpvm-vmpl", "0")}}), true},
+		{"nested", pol("https://maa.example", map[string]any{"allOf": []any{map[string]any{"anyOf": []any{eq("x-ms-sevsnpvm-hostdata", "ffff"), eq("x-ms-isolation-tee.x-ms-attestation-type", "sevsnpvm")}}}}), true},
+		{"missing claim", pol("https://maa.example", map[string]any{"allOf": []any{eq("x-ms-compliance-status", "azure-compliant-uvm")}}), false},
+		{"other authority", pol("https://other.example", map[string]any{"allOf": []any{eq("x-ms-sevsnpvm-vmpl", "0")}}), false},
+	} {
+		got, _ := evalReleasePolicy(c.policy, claims)
+		if got != c.want {
+			t.Errorf("%s: met = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// FuzzDecodeKeyReleaseRequest: any body is either refused with 400 or
+// yields endpoints and a key name that are safe to put in a URL.
+func FuzzDecodeKeyReleaseRequest(f *testing.F) {
+	f.Add([]byte(`{"maa_endpoint":"sharedeus.eus.attest.azure.net","akv_endpoint":"v.vault.azure.net","kid":"k"}`))
+	f.Add([]byte(`{"maa_endpoint":"https://m:443","akv_endpoint":"v:8443","kid":"k/0123456789abcdef0123456789abcdef","access_token":"x.y.z"}`))
+	f.Add([]byte(`{"maa_endpoint":"http://m","akv_endpoint":"v","kid":"../k"}`))
+	f.Add([]byte(`{"kid":1}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		p, err := decodeKeyReleaseRequest(body)
+		if err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for a bad body: %v", statusFor(err), err)
+			}
+			return
+		}
+		if !keyNamePattern.MatchString(p.Key.Name) || strings.ContainsAny(p.MAAHost+p.VaultHost, "/?#@ ") || p.MAAHost == "" || p.VaultHost == "" {
+			t.Fatalf("accepted unsafe request %+v", p)
+		}
+		for _, c := range []byte(p.AccessToken) {
+			if c <= ' ' || c >= 0x7f {
+				t.Fatalf("accepted access token with byte %#x", c)
+			}
+		}
+	})
+}
+
+// FuzzParseReleasePayload: the payload parser never panics and whatever it
+// accepts names a known algorithm and key type.
+func FuzzParseReleasePayload(f *testing.F) {
+	blob := b64url(mustJSON(map[string]any{"schema_version": "1.0", "header": map[string]string{"alg": "dir", "enc": encRSAAESKeyWrap256, "kid": "w"}, "ciphertext": b64url([]byte("ct"))}))
+	f.Add(mustJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrap256}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "oct-HSM", "key_hsm": blob}}}}))
+	f.Add(mustJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrapSHA1}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "RSA", "n": "AQ", "e": "AQAB", "key_hsm": blob}}}}))
+	f.Add([]byte(`{"response":{"key":{"key":{"kty":"EC-HSM","crv":"P-256","x":"AA","y":"AA","kid":"x","key_hsm":"e30"}}}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		env, err := parseReleasePayload(payload)
+		if err != nil {
+			return
+		}
+		if _, err := oaepHash(env.Enc); err != nil {
+			t.Fatalf("accepted enc %q", env.Enc)
+		}
+		if env.Kty != "RSA" && env.Kty != "EC" && env.Kty != "oct" {
+			t.Fatalf("accepted kty %q", env.Kty)
+		}
+		if len(env.Ciphertext) == 0 || env.WrappingKid == "" || env.Kid == "" {
+			t.Fatalf("accepted an incomplete envelope %+v", env)
+		}
+		// Unwrapping garbage must fail cleanly, never panic.
+		wk := &wrappingKey{priv: testRSAKey(t, rsaOther), kid: env.WrappingKid}
+		if _, err := env.unwrap(wk); err == nil && len(env.Ciphertext) < 256 {
+			t.Fatal("unwrapped a ciphertext shorter than the modulus")
+		}
+	})
+}
