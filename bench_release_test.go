@@ -1,0 +1,100 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BenchmarkKeyRelease measures whole releases through the HTTP server
+// against the stand-ins (emulated device). Metrics per release:
+// latency-ms (mean time from request to answer) and cpu-ms (user+system
+// CPU of the whole test process, so it includes the stand-ins' share:
+// MAA's report verification and token signing, Key Vault's wrapping and
+// JWS signing; with TTL 0 it also includes generating the wrapping key).
+func BenchmarkKeyRelease(b *testing.B) {
+	b.Run("fresh-token-ttl0", func(b *testing.B) { benchRelease(b, 0, 1) })
+	b.Run("reused-token", func(b *testing.B) { benchRelease(b, 5*time.Minute, 1) })
+	b.Run("8-concurrent-reused-token", func(b *testing.B) { benchRelease(b, 5*time.Minute, 8) })
+	b.Run("8-concurrent-fresh-token-ttl0", func(b *testing.B) { benchRelease(b, 0, 8) })
+}
+
+func benchRelease(b *testing.B, ttl time.Duration, workers int) {
+	e := newReleaseEnv(b, releaseEnvOpts{ttl: ttl, env: map[string]string{}})
+	body := e.releaseBody(keyOct, testBearer)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
+	release := func() (time.Duration, error) {
+		start := time.Now()
+		resp, err := client.Post(e.url+"/key/release", "application/json", strings.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var out map[string]string
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &out) != nil || out["key"] == "" {
+			return 0, &benchError{resp.StatusCode, string(raw)}
+		}
+		return time.Since(start), nil
+	}
+	if _, err := release(); err != nil { // warm up: connections, a spare key
+		b.Fatal(err)
+	}
+	cpu0 := processCPU()
+	var total atomic.Int64 // summed request latency, ns
+	b.ResetTimer()
+	if workers == 1 {
+		for i := 0; i < b.N; i++ {
+			d, err := release()
+			if err != nil {
+				b.Fatal(err)
+			}
+			total.Add(int64(d))
+		}
+	} else {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for next.Add(1) <= int64(b.N) {
+					d, err := release()
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					total.Add(int64(d))
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	b.StopTimer()
+	cpu := processCPU() - cpu0
+	b.ReportMetric(float64(total.Load())/float64(b.N)/1e6, "latency-ms")
+	b.ReportMetric(float64(cpu)/float64(b.N)/1e6, "cpu-ms")
+	b.ReportMetric(float64(e.maa.count()-1)/float64(b.N), "MAA-calls/release")
+}
+
+type benchError struct {
+	status int
+	body   string
+}
+
+func (e *benchError) Error() string { return "release: HTTP " + http.StatusText(e.status) + ": " + e.body }
+
+// processCPU is the user+system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
