@@ -46,7 +46,7 @@ func benchRelease(b *testing.B, ttl time.Duration, workers int) {
 	if _, err := release(); err != nil { // warm up: connections, a spare key
 		b.Fatal(err)
 	}
-	cpu0 := processCPU()
+	cpu0 := benchProcessCPU()
 	var total atomic.Int64 // summed request latency, ns
 	b.ResetTimer()
 	if workers == 1 {
@@ -77,7 +77,7 @@ func benchRelease(b *testing.B, ttl time.Duration, workers int) {
 		wg.Wait()
 	}
 	b.StopTimer()
-	cpu := processCPU() - cpu0
+	cpu := benchProcessCPU() - cpu0
 	b.ReportMetric(float64(total.Load())/float64(b.N)/1e6, "latency-ms")
 	b.ReportMetric(float64(cpu)/float64(b.N)/1e6, "cpu-ms")
 	b.ReportMetric(float64(e.maa.count()-1)/float64(b.N), "MAA-calls/release")
@@ -88,10 +88,12 @@ type benchError struct {
 	body   string
 }
 
-func (e *benchError) Error() string { return "release: HTTP " + http.StatusText(e.status) + ": " + e.body }
+func (e *benchError) Error() string {
+	return "release: HTTP " + http.StatusText(e.status) + ": " + e.body
+}
 
-// processCPU is the user+system CPU time this process has used.
-func processCPU() time.Duration {
+// benchProcessCPU is the user+system CPU time this process has used.
+func benchProcessCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

@@ -41,7 +41,7 @@ func TestBuildMAARequestShape(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		outer, err := exactKeys(body, []string{"report", "runtimeData", "nonce"})
+		outer, err := standInExactKeys(body, []string{"report", "runtimeData", "nonce"})
 		if err != nil {
 			t.Fatalf("outer: %v: %s", err, body)
 		}
@@ -49,7 +49,7 @@ func TestBuildMAARequestShape(t *testing.T) {
 			Data     string `json:"data"`
 			DataType string `json:"dataType"`
 		}
-		if _, err := exactKeys(outer["runtimeData"], []string{"data", "dataType"}); err != nil {
+		if _, err := standInExactKeys(outer["runtimeData"], []string{"data", "dataType"}); err != nil {
 			t.Fatal(err)
 		}
 		json.Unmarshal(outer["runtimeData"], &rt)
@@ -70,7 +70,7 @@ func TestBuildMAARequestShape(t *testing.T) {
 		if uvm != nil {
 			required = append(required, "Endorsements")
 		}
-		bundle, err := exactKeys(inner, required)
+		bundle, err := standInExactKeys(inner, required)
 		if err != nil {
 			t.Fatalf("bundle: %v: %s", err, inner)
 		}
@@ -96,7 +96,7 @@ func TestBuildMAARequestShape(t *testing.T) {
 			var end struct {
 				Uvm []string `json:"Uvm"`
 			}
-			if _, err := exactKeys(ej, []string{"Uvm"}); err != nil {
+			if _, err := standInExactKeys(ej, []string{"Uvm"}); err != nil {
 				t.Fatal(err)
 			}
 			json.Unmarshal(ej, &end)
@@ -114,13 +114,13 @@ func TestBuildMAARequestShape(t *testing.T) {
 }
 
 func TestParseMAAResponse(t *testing.T) {
-	key := testRSAKey(t, rsaMAASigner)
+	key := standInRSAKey(t, rsaMAASigner)
 	exp := time.Now().Add(8 * time.Hour).Unix()
-	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT"}, mustJSON(map[string]any{"exp": exp}), key, "RS256")
+	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT"}, standInJSON(map[string]any{"exp": exp}), key, "RS256")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := parseMAAResponse(mustJSON(map[string]string{"token": tok}))
+	got, err := parseMAAResponse(standInJSON(map[string]string{"token": tok}))
 	if err != nil || got.Token != tok || got.Expires.Unix() != exp {
 		t.Fatalf("parseMAAResponse = %+v, %v", got, err)
 	}
@@ -132,7 +132,7 @@ func TestParseMAAResponse(t *testing.T) {
 }
 
 func attestMAABody(endpoint string, runtime []byte) string {
-	return string(mustJSON(map[string]string{"maa_endpoint": endpoint, "runtime_data": base64.StdEncoding.EncodeToString(runtime)}))
+	return string(standInJSON(map[string]string{"maa_endpoint": endpoint, "runtime_data": base64.StdEncoding.EncodeToString(runtime)}))
 }
 
 func TestAttestMAAEndToEnd(t *testing.T) {
@@ -247,7 +247,7 @@ func TestAttestMAAFailures(t *testing.T) {
 	body := attestMAABody(e.maa.host, []byte(`{"k":1}`))
 
 	t.Run("untrusted ARK", func(t *testing.T) {
-		other := newTestCA("not AMD", nil)
+		other := newStandInCA("not AMD", nil)
 		e.maa.mu.Lock()
 		ark := e.maa.ark
 		e.maa.ark = other.cert
@@ -291,8 +291,8 @@ func TestAttestMAAEmptyToken(t *testing.T) {
 				w.Write([]byte(answer))
 			}))
 			defer srv.Close()
-			tee, _, _ := testDevice(t, deviceEmulator)
-			url, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: tee, Roots: getTestPKI().roots()})
+			tee, _, _ := releaseTestDevice(t, deviceEmulator)
+			url, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: tee, Roots: getStandInPKI().roots()})
 			status, out := call(t, "POST", url+"/attest/maa", attestMAABody(host, []byte(`{}`)))
 			if status != http.StatusBadGateway || out["token"] != nil {
 				t.Fatalf("status %d: %v", status, out)

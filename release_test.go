@@ -64,8 +64,8 @@ type deviceWithCerts struct {
 
 func (d deviceWithCerts) PlatformCerts(context.Context) (*platformCerts, error) { return d.certs, nil }
 
-// testDevice returns the device, its ARK and the HOST_DATA it reports.
-func testDevice(t testing.TB, kind string) (teeDevice, *platformCerts, string) {
+// releaseTestDevice returns the device, its ARK and the HOST_DATA it reports.
+func releaseTestDevice(t testing.TB, kind string) (teeDevice, *platformCerts, string) {
 	t.Helper()
 	switch kind {
 	case "", deviceEmulator:
@@ -101,7 +101,7 @@ func testDevice(t testing.TB, kind string) (teeDevice, *platformCerts, string) {
 
 func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 	t.Helper()
-	tee, certs, hostData := testDevice(t, o.device)
+	tee, certs, hostData := releaseTestDevice(t, o.device)
 	e := &releaseEnv{hostData: hostData}
 	e.maa = newMAAStandIn(t, certs.ARK)
 	kvToken := o.kvToken
@@ -112,14 +112,14 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 
 	e.oct = make([]byte, 32)
 	rand.Read(e.oct)
-	e.rsa = testRSAKey(t, rsaReleased)
-	e.ec = mustECKey()
-	policy := skrPolicy(e.maa.host, hostData)
+	e.rsa = standInRSAKey(t, rsaReleased)
+	e.ec = standInECKey()
+	policy := standInReleasePolicy(e.maa.host, hostData)
 	e.kv.addKey(&kvKey{name: keyOct, kty: "oct-HSM", keyOps: []string{"encrypt", "decrypt", "wrapKey", "unwrapKey"}, material: e.oct, policy: policy})
 	e.kv.addKey(&kvKey{name: keyRSA, kty: "RSA-HSM", keyOps: []string{"sign", "verify", "decrypt"}, material: e.rsa, policy: policy})
 	e.kv.addKey(&kvKey{name: keyEC, kty: "EC-HSM", keyOps: []string{"sign"}, material: e.ec, policy: policy})
 	e.kv.addKey(&kvKey{name: keyLocked, kty: "oct-HSM", material: []byte("0123456789abcdef0123456789abcdef"),
-		policy: skrPolicy(e.maa.host, strings.Repeat("ab", 32))})
+		policy: standInReleasePolicy(e.maa.host, strings.Repeat("ab", 32))})
 
 	env := map[string]string{"UVM_REFERENCE_INFO": base64.StdEncoding.EncodeToString([]byte(testUVMRefInfo))}
 	for k, v := range o.env {
@@ -128,7 +128,7 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 	cfg := serverConfig{WrappingKeyTTL: o.ttl, Args: o.args}
 	opts := serverOptions{
 		TEE:            tee,
-		Roots:          getTestPKI().roots(),
+		Roots:          getStandInPKI().roots(),
 		Getenv:         func(k string) string { return env[k] },
 		RequestTimeout: o.timeout,
 	}
@@ -142,7 +142,7 @@ func (e *releaseEnv) releaseBody(kid, accessToken string) string {
 	if accessToken != "" {
 		m["access_token"] = accessToken
 	}
-	return string(mustJSON(m))
+	return string(standInJSON(m))
 }
 
 func (e *releaseEnv) release(t testing.TB, kid string) (int, map[string]any) {
@@ -486,7 +486,7 @@ func TestKeyReleaseTTLExpires(t *testing.T) {
 
 func TestKeyReleaseBearerFromIMDS(t *testing.T) {
 	const imdsToken = "imds-issued-token-for-the-vault"
-	imds := newIMDSStandIn(t, imdsToken)
+	imds := newReleaseIMDS(t, imdsToken)
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, kvToken: imdsToken,
 		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
 	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
@@ -509,7 +509,7 @@ func TestKeyReleaseBearerFromIMDS(t *testing.T) {
 }
 
 func TestKeyReleaseIMDSRefusesVaultToken(t *testing.T) {
-	imds := newIMDSStandIn(t, "a-token-the-vault-does-not-take")
+	imds := newReleaseIMDS(t, "a-token-the-vault-does-not-take")
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute,
 		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
 	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
@@ -531,7 +531,7 @@ func TestKeyReleaseBadRequests(t *testing.T) {
 		} else {
 			m[k] = v
 		}
-		return string(mustJSON(m))
+		return string(standInJSON(m))
 	}
 	cases := map[string]string{
 		"empty body":         "",
@@ -586,7 +586,7 @@ func TestKeyReleaseLogsNoSecrets(t *testing.T) {
 	t.Cleanup(func() { generateWrappingKey = orig })
 
 	const imdsToken = "imds-token-that-must-never-be-logged"
-	imds := newIMDSStandIn(t, imdsToken)
+	imds := newReleaseIMDS(t, imdsToken)
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: 0, kvToken: imdsToken,
 		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
 	for _, kid := range []string{keyOct, keyRSA, keyEC} {
@@ -624,7 +624,7 @@ func TestKeyReleaseLogsNoSecrets(t *testing.T) {
 		t.Fatalf("the log does not show trace-level release lines:\n%s", logs)
 	}
 	for name, s := range secrets {
-		for enc, form := range encodings(s) {
+		for enc, form := range secretEncodings(s) {
 			if len(form) >= 16 && strings.Contains(logs, form) {
 				t.Errorf("the log contains the %s (%s)", name, enc)
 			}
@@ -640,9 +640,9 @@ func mustECBytes(t testing.TB, k *ecdsa.PrivateKey) []byte {
 	return b
 }
 
-// encodings are the forms a secret could take in a log line; long secrets
+// secretEncodings are the forms a secret could take in a log line; long secrets
 // are also looked for by a 24-byte window, so a truncated dump is caught.
-func encodings(s []byte) map[string]string {
+func secretEncodings(s []byte) map[string]string {
 	out := map[string]string{}
 	add := func(tag string, b []byte) {
 		out["raw"+tag] = string(b)
@@ -671,7 +671,7 @@ func newUnitReleaser(t *testing.T, ttl time.Duration, attest func(ctx context.Co
 }
 
 func fakeCredential(t testing.TB, host string, until time.Time) *releaseCredential {
-	k := testRSAKey(t, rsaOther)
+	k := standInRSAKey(t, rsaOther)
 	c := *k
 	c.D = new(big.Int).Set(k.D)
 	return &releaseCredential{maaHost: host, key: &wrappingKey{priv: &c, kid: "test"}, token: "t", reuseUntil: until}
@@ -785,7 +785,7 @@ func TestReleaserTokenExpiryBoundsReuse(t *testing.T) {
 }
 
 func TestWrappingKeyRuntimeData(t *testing.T) {
-	wk, err := wrappingKeyFrom(testRSAKey(t, rsaOther))
+	wk, err := wrappingKeyFrom(standInRSAKey(t, rsaOther))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -805,7 +805,7 @@ func TestWrappingKeyRuntimeData(t *testing.T) {
 	if _, ok := k["d"]; ok {
 		t.Fatal("the runtime data holds the private exponent")
 	}
-	tp, _ := jwkThumbprint(rsaPublicJWK(&testRSAKey(t, rsaOther).PublicKey))
+	tp, _ := jwkThumbprint(rsaPublicJWK(&standInRSAKey(t, rsaOther).PublicKey))
 	if wk.kid != tp {
 		t.Fatalf("kid %q is not the thumbprint %q", wk.kid, tp)
 	}
@@ -870,7 +870,7 @@ func TestReleasePolicyEvaluation(t *testing.T) {
 		for k, v := range body {
 			a[k] = v
 		}
-		return mustJSON(map[string]any{"version": "1.0.0", "anyOf": []any{a}})
+		return standInJSON(map[string]any{"version": "1.0.0", "anyOf": []any{a}})
 	}
 	eq := func(c string, v any) map[string]any { return map[string]any{"claim": c, "equals": v} }
 	for _, c := range []struct {
@@ -886,7 +886,7 @@ func TestReleasePolicyEvaluation(t *testing.T) {
 		{"missing claim", pol("https://maa.example", map[string]any{"allOf": []any{eq("x-ms-compliance-status", "azure-compliant-uvm")}}), false},
 		{"other authority", pol("https://other.example", map[string]any{"allOf": []any{eq("x-ms-sevsnpvm-vmpl", "0")}}), false},
 	} {
-		got, _ := evalReleasePolicy(c.policy, claims)
+		got, _ := kvEvalPolicy(c.policy, claims)
 		if got != c.want {
 			t.Errorf("%s: met = %v, want %v", c.name, got, c.want)
 		}
@@ -922,9 +922,9 @@ func FuzzDecodeKeyReleaseRequest(f *testing.F) {
 // FuzzParseReleasePayload: the payload parser never panics and whatever it
 // accepts names a known algorithm and key type.
 func FuzzParseReleasePayload(f *testing.F) {
-	blob := b64url(mustJSON(map[string]any{"schema_version": "1.0", "header": map[string]string{"alg": "dir", "enc": encRSAAESKeyWrap256, "kid": "w"}, "ciphertext": b64url([]byte("ct"))}))
-	f.Add(mustJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrap256}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "oct-HSM", "key_hsm": blob}}}}))
-	f.Add(mustJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrapSHA1}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "RSA", "n": "AQ", "e": "AQAB", "key_hsm": blob}}}}))
+	blob := b64url(standInJSON(map[string]any{"schema_version": "1.0", "header": map[string]string{"alg": "dir", "enc": encRSAAESKeyWrap256, "kid": "w"}, "ciphertext": b64url([]byte("ct"))}))
+	f.Add(standInJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrap256}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "oct-HSM", "key_hsm": blob}}}}))
+	f.Add(standInJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrapSHA1}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "RSA", "n": "AQ", "e": "AQAB", "key_hsm": blob}}}}))
 	f.Add([]byte(`{"response":{"key":{"key":{"kty":"EC-HSM","crv":"P-256","x":"AA","y":"AA","kid":"x","key_hsm":"e30"}}}}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, payload []byte) {
@@ -942,7 +942,7 @@ func FuzzParseReleasePayload(f *testing.F) {
 			t.Fatalf("accepted an incomplete envelope %+v", env)
 		}
 		// Unwrapping garbage must fail cleanly, never panic.
-		wk := &wrappingKey{priv: testRSAKey(t, rsaOther), kid: env.WrappingKid}
+		wk := &wrappingKey{priv: standInRSAKey(t, rsaOther), kid: env.WrappingKid}
 		if _, err := env.unwrap(wk); err == nil && len(env.Ciphertext) < 256 {
 			t.Fatal("unwrapped a ciphertext shorter than the modulus")
 		}

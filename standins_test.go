@@ -40,12 +40,12 @@ import (
 
 // ---- keys and certificates made once per test binary ----
 
-var testRSA struct {
+var standInRSA struct {
 	once sync.Once
 	keys [4]*rsa.PrivateKey
 }
 
-// Indices into testRSA.keys.
+// Indices into standInRSA.keys.
 const (
 	rsaMAASigner = iota
 	rsaKVSigner
@@ -53,40 +53,40 @@ const (
 	rsaOther
 )
 
-// testRSAKey returns one of a few RSA-2048 keys generated once.
-func testRSAKey(t testing.TB, i int) *rsa.PrivateKey {
+// standInRSAKey returns one of a few RSA-2048 keys generated once.
+func standInRSAKey(t testing.TB, i int) *rsa.PrivateKey {
 	t.Helper()
-	testRSA.once.Do(func() {
-		for j := range testRSA.keys {
+	standInRSA.once.Do(func() {
+		for j := range standInRSA.keys {
 			k, err := rsa.GenerateKey(rand.Reader, 2048)
 			if err != nil {
 				panic(err)
 			}
-			testRSA.keys[j] = k
+			standInRSA.keys[j] = k
 		}
 	})
-	return testRSA.keys[i]
+	return standInRSA.keys[i]
 }
 
-// testCA is a certificate authority of the test PKI.
-type testCA struct {
+// standInCA is a certificate authority of the test PKI.
+type standInCA struct {
 	cert *x509.Certificate
 	key  crypto.Signer
 }
 
-var serial struct {
+var standInSerial struct {
 	mu sync.Mutex
 	n  int64
 }
 
-func nextSerial() *big.Int {
-	serial.mu.Lock()
-	defer serial.mu.Unlock()
-	serial.n++
-	return big.NewInt(serial.n)
+func standInNextSerial() *big.Int {
+	standInSerial.mu.Lock()
+	defer standInSerial.mu.Unlock()
+	standInSerial.n++
+	return big.NewInt(standInSerial.n)
 }
 
-func mustECKey() *ecdsa.PrivateKey {
+func standInECKey() *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		panic(err)
@@ -94,7 +94,7 @@ func mustECKey() *ecdsa.PrivateKey {
 	return k
 }
 
-func mustCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
+func standInCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
 		panic(err)
@@ -106,11 +106,11 @@ func mustCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypt
 	return c
 }
 
-// newTestCA makes a root (parent nil) or an intermediate.
-func newTestCA(name string, parent *testCA) *testCA {
-	key := mustECKey()
+// newStandInCA makes a root (parent nil) or an intermediate.
+func newStandInCA(name string, parent *standInCA) *standInCA {
+	key := standInECKey()
 	tmpl := &x509.Certificate{
-		SerialNumber:          nextSerial(),
+		SerialNumber:          standInNextSerial(),
 		Subject:               pkix.Name{CommonName: name, Organization: []string{"skr tests"}},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(48 * time.Hour),
@@ -119,16 +119,16 @@ func newTestCA(name string, parent *testCA) *testCA {
 		IsCA:                  true,
 	}
 	if parent == nil {
-		return &testCA{cert: mustCert(tmpl, tmpl, key.Public(), key), key: key}
+		return &standInCA{cert: standInCert(tmpl, tmpl, key.Public(), key), key: key}
 	}
 	tmpl.MaxPathLenZero = true
-	return &testCA{cert: mustCert(tmpl, parent.cert, key.Public(), parent.key), key: key}
+	return &standInCA{cert: standInCert(tmpl, parent.cert, key.Public(), parent.key), key: key}
 }
 
 // issue certifies pub for the given host names (IP literals become IP SANs).
-func (ca *testCA) issue(pub crypto.PublicKey, hosts ...string) *x509.Certificate {
+func (ca *standInCA) issue(pub crypto.PublicKey, hosts ...string) *x509.Certificate {
 	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(),
+		SerialNumber: standInNextSerial(),
 		Subject:      pkix.Name{CommonName: hosts[0]},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
@@ -142,46 +142,46 @@ func (ca *testCA) issue(pub crypto.PublicKey, hosts ...string) *x509.Certificate
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	return mustCert(tmpl, ca.cert, pub, ca.key)
+	return standInCert(tmpl, ca.cert, pub, ca.key)
 }
 
-// testPKI is the trusted test root with its intermediate (what the server
+// standInPKI is the trusted test root with its intermediate (what the server
 // trusts, like DigiCert and a Microsoft TLS CA), plus an untrusted one.
-type testPKI struct {
-	root, inter             *testCA
-	untrustedRoot, untInter *testCA
+type standInPKI struct {
+	root, inter             *standInCA
+	untrustedRoot, untInter *standInCA
 	tls                     tls.Certificate // localhost, for every stand-in
 }
 
-var sharedPKI struct {
+var sharedStandInPKI struct {
 	once sync.Once
-	pki  *testPKI
+	pki  *standInPKI
 }
 
-func getTestPKI() *testPKI {
-	sharedPKI.once.Do(func() {
-		p := &testPKI{}
-		p.root = newTestCA("skr test root", nil)
-		p.inter = newTestCA("skr test TLS issuing CA", p.root)
-		p.untrustedRoot = newTestCA("untrusted root", nil)
-		p.untInter = newTestCA("untrusted issuing CA", p.untrustedRoot)
-		k := mustECKey()
+func getStandInPKI() *standInPKI {
+	sharedStandInPKI.once.Do(func() {
+		p := &standInPKI{}
+		p.root = newStandInCA("skr test root", nil)
+		p.inter = newStandInCA("skr test TLS issuing CA", p.root)
+		p.untrustedRoot = newStandInCA("untrusted root", nil)
+		p.untInter = newStandInCA("untrusted issuing CA", p.untrustedRoot)
+		k := standInECKey()
 		leaf := p.inter.issue(k.Public(), "localhost", "127.0.0.1")
 		p.tls = tls.Certificate{Certificate: [][]byte{leaf.Raw, p.inter.cert.Raw}, PrivateKey: k, Leaf: leaf}
-		sharedPKI.pki = p
+		sharedStandInPKI.pki = p
 	})
-	return sharedPKI.pki
+	return sharedStandInPKI.pki
 }
 
 // roots is the pool the sidecar under test trusts.
-func (p *testPKI) roots() *x509.CertPool {
+func (p *standInPKI) roots() *x509.CertPool {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.root.cert)
 	return pool
 }
 
 // client is how stand-ins call each other (Key Vault fetching MAA keys).
-func (p *testPKI) client() *http.Client {
+func (p *standInPKI) client() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.roots()}}}
 }
 
@@ -189,14 +189,14 @@ func (p *testPKI) client() *http.Client {
 func startTLSStandIn(t testing.TB, h http.Handler) (*httptest.Server, string) {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{getTestPKI().tls}, MinVersion: tls.VersionTLS12}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{getStandInPKI().tls}, MinVersion: tls.VersionTLS12}
 	srv.StartTLS()
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
 	return srv, "localhost:" + port
 }
 
-// faults is what a stand-in can be told to do instead of answering.
-type faults struct {
+// standInFaults is what a stand-in can be told to do instead of answering.
+type standInFaults struct {
 	mu         sync.Mutex
 	calls      int
 	failN      int
@@ -206,29 +206,29 @@ type faults struct {
 	unhang     chan struct{}
 }
 
-func newFaults() *faults { return &faults{unhang: make(chan struct{})} }
+func newStandInFaults() *standInFaults { return &standInFaults{unhang: make(chan struct{})} }
 
 // failNext makes the next n calls answer status (with Retry-After when set).
-func (f *faults) failNext(n, status int, retryAfter string) {
+func (f *standInFaults) failNext(n, status int, retryAfter string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failN, f.failStatus, f.retryAfter = n, status, retryAfter
 }
 
-func (f *faults) setHang(h bool) {
+func (f *standInFaults) setHang(h bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.hang = h
 }
 
-func (f *faults) count() int {
+func (f *standInFaults) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls
 }
 
 // intercept counts the call and plays a fault; true means it answered.
-func (f *faults) intercept(w http.ResponseWriter, r *http.Request) bool {
+func (f *standInFaults) intercept(w http.ResponseWriter, r *http.Request) bool {
 	f.mu.Lock()
 	f.calls++
 	hang := f.hang
@@ -249,13 +249,13 @@ func (f *faults) intercept(w http.ResponseWriter, r *http.Request) bool {
 		if ra != "" {
 			w.Header().Set("Retry-After", ra)
 		}
-		azureError(w, status, "InjectedFault", "fault injected by the test")
+		standInAzureError(w, status, "InjectedFault", "fault injected by the test")
 		return true
 	}
 	return false
 }
 
-func (f *faults) stop() {
+func (f *standInFaults) stop() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	select {
@@ -265,25 +265,25 @@ func (f *faults) stop() {
 	}
 }
 
-// azureError answers with the CloudError / KeyVaultError shape.
-func azureError(w http.ResponseWriter, status int, code, msg string) {
+// standInAzureError answers with the CloudError / KeyVaultError shape.
+func standInAzureError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }
 
-// strictB64URL decodes base64url with or without padding and refuses the
+// standInB64URL decodes base64url with or without padding and refuses the
 // standard alphabet, which MAA is not known to accept.
-func strictB64URL(s string) ([]byte, error) {
+func standInB64URL(s string) ([]byte, error) {
 	if strings.ContainsAny(s, "+/") {
 		return nil, errors.New("standard base64 alphabet where base64url is expected")
 	}
 	return base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
 }
 
-// exactKeys decodes a JSON object and checks its member names exactly
+// standInExactKeys decodes a JSON object and checks its member names exactly
 // (encoding/json would match them without regard to case).
-func exactKeys(raw []byte, required []string, optional ...string) (map[string]json.RawMessage, error) {
+func standInExactKeys(raw []byte, required []string, optional ...string) (map[string]json.RawMessage, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, err
@@ -305,7 +305,7 @@ func exactKeys(raw []byte, required []string, optional ...string) (map[string]js
 	return m, nil
 }
 
-func jsonString(raw json.RawMessage) (string, error) {
+func standInString(raw json.RawMessage) (string, error) {
 	var s string
 	err := json.Unmarshal(raw, &s)
 	return s, err
@@ -318,7 +318,7 @@ func jsonString(raw json.RawMessage) (string, error) {
 // test trusts, and REPORT_DATA against the runtime data, then issues an
 // RS256 token with the SEV-SNP claims.
 type maaStandIn struct {
-	*faults
+	*standInFaults
 	t      testing.TB
 	srv    *httptest.Server
 	host   string
@@ -337,12 +337,12 @@ type maaStandIn struct {
 
 func newMAAStandIn(t testing.TB, ark *x509.Certificate) *maaStandIn {
 	t.Helper()
-	m := &maaStandIn{faults: newFaults(), t: t, signer: testRSAKey(t, rsaMAASigner), ark: ark}
+	m := &maaStandIn{standInFaults: newStandInFaults(), t: t, signer: standInRSAKey(t, rsaMAASigner), ark: ark}
 	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: "MAA stand-in signing"},
+		SerialNumber: standInNextSerial(), Subject: pkix.Name{CommonName: "MAA stand-in signing"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 	}
-	m.cert = mustCert(tmpl, tmpl, &m.signer.PublicKey, m.signer)
+	m.cert = standInCert(tmpl, tmpl, &m.signer.PublicKey, m.signer)
 	sum := sha256.Sum256(m.cert.Raw)
 	m.kid = base64.StdEncoding.EncodeToString(sum[:]) // opaque, with + / =, as MAA's are
 	mux := http.NewServeMux()
@@ -388,15 +388,15 @@ func (m *maaStandIn) handleAttest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !strings.EqualFold(r.PathValue("type"), "SevSnpVm") {
-		azureError(w, 404, "NotFound", "unknown attestation type "+r.PathValue("type"))
+		standInAzureError(w, 404, "NotFound", "unknown attestation type "+r.PathValue("type"))
 		return
 	}
 	if r.URL.Query().Get("api-version") == "" {
-		azureError(w, 400, "MissingApiVersionParameter", "The api-version query parameter is required.")
+		standInAzureError(w, 400, "MissingApiVersionParameter", "The api-version query parameter is required.")
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-		azureError(w, 415, "UnsupportedMediaType", "content type "+ct)
+		standInAzureError(w, 415, "UnsupportedMediaType", "content type "+ct)
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
@@ -406,12 +406,12 @@ func (m *maaStandIn) handleAttest(w http.ResponseWriter, r *http.Request) {
 	m.mu.Unlock()
 	claims, err := m.attest(body)
 	if err != nil {
-		azureError(w, 400, "InvalidParameter", err.Error())
+		standInAzureError(w, 400, "InvalidParameter", err.Error())
 		return
 	}
-	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": m.kid, "jku": "https://" + m.host + "/certs"}, mustJSON(claims), m.signer, "RS256")
+	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": m.kid, "jku": "https://" + m.host + "/certs"}, standInJSON(claims), m.signer, "RS256")
 	if err != nil {
-		azureError(w, 500, "InternalError", err.Error())
+		standInAzureError(w, 500, "InternalError", err.Error())
 		return
 	}
 	m.mu.Lock()
@@ -421,7 +421,7 @@ func (m *maaStandIn) handleAttest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]string{"token": tok})
 }
 
-func mustJSON(v any) []byte {
+func standInJSON(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(err)
@@ -431,35 +431,35 @@ func mustJSON(v any) []byte {
 
 // attest checks an AttestSevSnpVmRequest and returns the token's claims.
 func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
-	outer, err := exactKeys(body, []string{"report", "runtimeData"}, "initTimeData", "nonce", "draftPolicyForAttestation")
+	outer, err := standInExactKeys(body, []string{"report", "runtimeData"}, "initTimeData", "nonce", "draftPolicyForAttestation")
 	if err != nil {
 		return nil, fmt.Errorf("request: %w", err)
 	}
-	reportField, err := jsonString(outer["report"])
+	reportField, err := standInString(outer["report"])
 	if err != nil {
 		return nil, fmt.Errorf("report is not a string: %w", err)
 	}
-	bundleJSON, err := strictB64URL(reportField)
+	bundleJSON, err := standInB64URL(reportField)
 	if err != nil {
 		return nil, fmt.Errorf("report: %w", err)
 	}
-	bundle, err := exactKeys(bundleJSON, []string{"SnpReport", "VcekCertChain"}, "Endorsements")
+	bundle, err := standInExactKeys(bundleJSON, []string{"SnpReport", "VcekCertChain"}, "Endorsements")
 	if err != nil {
 		return nil, fmt.Errorf("report bundle: %w", err)
 	}
-	rt, err := exactKeys(outer["runtimeData"], []string{"data", "dataType"})
+	rt, err := standInExactKeys(outer["runtimeData"], []string{"data", "dataType"})
 	if err != nil {
 		return nil, fmt.Errorf("runtimeData: %w", err)
 	}
 	var nonce string
 	if raw, ok := outer["nonce"]; ok {
-		if nonce, err = jsonString(raw); err != nil {
+		if nonce, err = standInString(raw); err != nil {
 			return nil, fmt.Errorf("nonce is not a string: %w", err)
 		}
 	}
 
-	reportB64, _ := jsonString(bundle["SnpReport"])
-	reportRaw, err := strictB64URL(reportB64)
+	reportB64, _ := standInString(bundle["SnpReport"])
+	reportRaw, err := standInB64URL(reportB64)
 	if err != nil {
 		return nil, fmt.Errorf("SnpReport: %w", err)
 	}
@@ -467,12 +467,12 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("SnpReport: %w", err)
 	}
-	chainB64, _ := jsonString(bundle["VcekCertChain"])
-	chainPEM, err := strictB64URL(chainB64)
+	chainB64, _ := standInString(bundle["VcekCertChain"])
+	chainPEM, err := standInB64URL(chainB64)
 	if err != nil {
 		return nil, fmt.Errorf("VcekCertChain: %w", err)
 	}
-	certs, err := parsePEMChain(chainPEM)
+	certs, err := standInPEMChain(chainPEM)
 	if err != nil {
 		return nil, fmt.Errorf("VcekCertChain: %w", err)
 	}
@@ -488,12 +488,12 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 
 	endorsed := false
 	if raw, ok := bundle["Endorsements"]; ok {
-		s, _ := jsonString(raw)
-		ej, err := strictB64URL(s)
+		s, _ := standInString(raw)
+		ej, err := standInB64URL(s)
 		if err != nil {
 			return nil, fmt.Errorf("Endorsements: %w", err)
 		}
-		e, err := exactKeys(ej, []string{"Uvm"})
+		e, err := standInExactKeys(ej, []string{"Uvm"})
 		if err != nil {
 			return nil, fmt.Errorf("Endorsements: %w", err)
 		}
@@ -502,22 +502,22 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 			return nil, errors.New("Endorsements.Uvm is not a non-empty list")
 		}
 		for _, u := range uvm {
-			if b, err := strictB64URL(u); err != nil || len(b) == 0 {
+			if b, err := standInB64URL(u); err != nil || len(b) == 0 {
 				return nil, errors.New("Endorsements.Uvm entry is not base64url")
 			}
 		}
 		endorsed = true
 	}
 
-	dataB64, err := jsonString(rt["data"])
+	dataB64, err := standInString(rt["data"])
 	if err != nil {
 		return nil, errors.New("runtimeData.data is not a string")
 	}
-	data, err := strictB64URL(dataB64)
+	data, err := standInB64URL(dataB64)
 	if err != nil {
 		return nil, fmt.Errorf("runtimeData.data: %w", err)
 	}
-	dataType, _ := jsonString(rt["dataType"])
+	dataType, _ := standInString(rt["dataType"])
 	want := sha256.Sum256(data)
 	if !bytes.Equal(rep.ReportData[:32], want[:]) || !bytes.Equal(rep.ReportData[32:], make([]byte, 32)) {
 		return nil, errors.New("REPORT_DATA is not sha256(runtimeData) followed by zeros")
@@ -576,8 +576,8 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 	return claims, nil
 }
 
-// parsePEMChain reads VCEK, ASK, ARK in that order.
-func parsePEMChain(b []byte) (*platformCerts, error) {
+// standInPEMChain reads VCEK, ASK, ARK in that order.
+func standInPEMChain(b []byte) (*platformCerts, error) {
 	var certs []*x509.Certificate
 	for {
 		var blk *pem.Block
@@ -620,11 +620,11 @@ type kvKey struct {
 // authority), release policy, then wraps the key to the runtime key and
 // signs the response with a certificate for its host name.
 type kvStandIn struct {
-	*faults
+	*standInFaults
 	t      testing.TB
 	srv    *httptest.Server
 	host   string
-	pki    *testPKI
+	pki    *standInPKI
 	client *http.Client
 
 	mu            sync.Mutex
@@ -643,7 +643,7 @@ type kvStandIn struct {
 
 func newKVStandIn(t testing.TB, bearer string) *kvStandIn {
 	t.Helper()
-	kv := &kvStandIn{faults: newFaults(), t: t, pki: getTestPKI(), bearer: bearer, keys: map[string]*kvKey{}, signer: testRSAKey(t, rsaKVSigner)}
+	kv := &kvStandIn{standInFaults: newStandInFaults(), t: t, pki: getStandInPKI(), bearer: bearer, keys: map[string]*kvKey{}, signer: standInRSAKey(t, rsaKVSigner)}
 	kv.client = kv.pki.client()
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /keys/{name}/release", kv.handleRelease)
@@ -673,7 +673,7 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("api-version") == "" {
-		azureError(w, 400, "BadParameter", "api-version is required")
+		standInAzureError(w, 400, "BadParameter", "api-version is required")
 		return
 	}
 	kv.mu.Lock()
@@ -683,26 +683,26 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 	tok, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(expected)) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", resource="https://vault.azure.net"`)
-		azureError(w, 401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
+		standInAzureError(w, 401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
 		return
 	}
 	kv.mu.Lock()
 	key := kv.keys[strings.ToLower(r.PathValue("name"))]
 	kv.mu.Unlock()
 	if key == nil || (r.PathValue("version") != "" && !strings.EqualFold(r.PathValue("version"), key.version)) {
-		azureError(w, 404, "KeyNotFound", fmt.Sprintf("A key with (name/id) %s was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command.", r.PathValue("name")))
+		standInAzureError(w, 404, "KeyNotFound", fmt.Sprintf("A key with (name/id) %s was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command.", r.PathValue("name")))
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	req, err := exactKeys(body, []string{"target"}, "enc", "nonce")
+	req, err := standInExactKeys(body, []string{"target"}, "enc", "nonce")
 	if err != nil {
-		azureError(w, 400, "BadParameter", "release parameters: "+err.Error())
+		standInAzureError(w, 400, "BadParameter", "release parameters: "+err.Error())
 		return
 	}
-	target, _ := jsonString(req["target"])
+	target, _ := standInString(req["target"])
 	enc := encRSAAESKeyWrapSHA1 // the presumed default when none is asked for
 	if raw, ok := req["enc"]; ok {
-		enc, _ = jsonString(raw)
+		enc, _ = standInString(raw)
 	}
 	kv.mu.Lock()
 	if kv.enc != "" {
@@ -711,16 +711,16 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 	kv.mu.Unlock()
 	claims, err := kv.verifyMAAToken(r.Context(), target, key.policy)
 	if err != nil {
-		azureError(w, 400, "BadParameter", "Target environment attestation statement cannot be verified: "+err.Error())
+		standInAzureError(w, 400, "BadParameter", "Target environment attestation statement cannot be verified: "+err.Error())
 		return
 	}
-	if met, err := evalReleasePolicy(key.policy, claims); err != nil || !met {
-		azureError(w, 403, "Forbidden", "Target environment attestation statement cannot be verified. The key release policy is not satisfied.")
+	if met, err := kvEvalPolicy(key.policy, claims); err != nil || !met {
+		standInAzureError(w, 403, "Forbidden", "Target environment attestation statement cannot be verified. The key release policy is not satisfied.")
 		return
 	}
 	value, err := kv.releaseResponse(key, enc, claims)
 	if err != nil {
-		azureError(w, 400, "BadParameter", err.Error())
+		standInAzureError(w, 400, "BadParameter", err.Error())
 		return
 	}
 	writeJSON(w, 200, map[string]string{"value": value})
@@ -739,7 +739,7 @@ func (kv *kvStandIn) verifyMAAToken(ctx context.Context, target string, policy [
 		return nil, err
 	}
 	iss, _ := claims["iss"].(string)
-	authorities, err := policyAuthorities(policy)
+	authorities, err := kvPolicyAuthorities(policy)
 	if err != nil {
 		return nil, err
 	}
@@ -797,9 +797,9 @@ func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) 
 	return nil, fmt.Errorf("no signing key %q at %s", kid, certsURL)
 }
 
-// runtimeWrappingKey is the first RSA key of x-ms-runtime.keys meant for
+// kvRuntimeWrappingKey is the first RSA key of x-ms-runtime.keys meant for
 // encryption, as Key Vault picks it.
-func runtimeWrappingKey(claims map[string]any) (*rsa.PublicKey, string, error) {
+func kvRuntimeWrappingKey(claims map[string]any) (*rsa.PublicKey, string, error) {
 	runtime, _ := claims["x-ms-runtime"].(map[string]any)
 	keys, _ := runtime["keys"].([]any)
 	for _, raw := range keys {
@@ -826,7 +826,7 @@ func runtimeWrappingKey(claims map[string]any) (*rsa.PublicKey, string, error) {
 	return nil, "", errors.New("x-ms-runtime has no RSA key for encryption")
 }
 
-func encHash(enc string) (func() hash.Hash, error) {
+func kvEncHash(enc string) (func() hash.Hash, error) {
 	switch enc {
 	case encRSAAESKeyWrapSHA1:
 		return sha1.New, nil
@@ -838,16 +838,16 @@ func encHash(enc string) (func() hash.Hash, error) {
 	return nil, fmt.Errorf("enc %q is not supported", enc)
 }
 
-// keyPlaintext is what Key Vault wraps: raw oct bytes, PKCS#8 otherwise.
-func keyPlaintext(k *kvKey) ([]byte, error) {
+// kvKeyPlaintext is what Key Vault wraps: raw oct bytes, PKCS#8 otherwise.
+func kvKeyPlaintext(k *kvKey) ([]byte, error) {
 	if b, ok := k.material.([]byte); ok {
 		return bytes.Clone(b), nil
 	}
 	return x509.MarshalPKCS8PrivateKey(k.material)
 }
 
-// publicJWKMembers are the public parts Key Vault puts beside key_hsm.
-func publicJWKMembers(k *kvKey) (map[string]any, error) {
+// kvPublicMembers are the public parts Key Vault puts beside key_hsm.
+func kvPublicMembers(k *kvKey) (map[string]any, error) {
 	out := map[string]any{}
 	switch m := k.material.(type) {
 	case []byte:
@@ -868,7 +868,7 @@ func publicJWKMembers(k *kvKey) (map[string]any, error) {
 
 // releaseResponse wraps the key to the runtime key and signs the payload.
 func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any) (string, error) {
-	wrapTo, wrapKid, err := runtimeWrappingKey(claims)
+	wrapTo, wrapKid, err := kvRuntimeWrappingKey(claims)
 	if err != nil {
 		return "", err
 	}
@@ -877,15 +877,15 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	kv.lastReleaseTo = wrapKid
 	kv.mu.Unlock()
 	if toOther {
-		other := testRSAKey(kv.t, rsaOther)
+		other := standInRSAKey(kv.t, rsaOther)
 		wrapTo = &other.PublicKey
 		wrapKid = rsaPublicJWK(wrapTo).Kid
 	}
-	newHash, err := encHash(enc)
+	newHash, err := kvEncHash(enc)
 	if err != nil {
 		return "", err
 	}
-	plain, err := keyPlaintext(k)
+	plain, err := kvKeyPlaintext(k)
 	if err != nil {
 		return "", err
 	}
@@ -903,13 +903,13 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	if tamper {
 		ct[len(ct)-3] ^= 0x40
 	}
-	keyHSM := mustJSON(map[string]any{
+	keyHSM := standInJSON(map[string]any{
 		"schema_version": "1.0",
 		"header":         map[string]string{"alg": "dir", "enc": enc, "kid": wrapKid},
 		"ciphertext":     b64url(ct),
 	})
 	kid := fmt.Sprintf("https://%s/keys/%s/%s", kv.host, k.name, k.version)
-	pubKey, err := publicJWKMembers(k)
+	pubKey, err := kvPublicMembers(k)
 	if err != nil {
 		return "", err
 	}
@@ -917,7 +917,7 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	if k.keyOps != nil {
 		pubKey["key_ops"] = k.keyOps
 	}
-	payload := mustJSON(map[string]any{
+	payload := standInJSON(map[string]any{
 		"request": map[string]any{"api-version": "7.4", "enc": enc, "kid": kid},
 		"response": map[string]any{"key": map[string]any{
 			"attributes": map[string]any{"created": time.Now().Unix(), "updated": time.Now().Unix(), "enabled": true,
@@ -938,7 +938,7 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 		chain = []*x509.Certificate{kv.pki.inter.issue(&signer.PublicKey, "*.vault.azure.net", hostOnly(kv.host)), kv.pki.inter.cert, kv.pki.root.cert}
 	}
 	if wrongSigner {
-		signer = testRSAKey(kv.t, rsaOther)
+		signer = standInRSAKey(kv.t, rsaOther)
 	}
 	x5c := make([]string, len(chain))
 	for i, c := range chain {
@@ -950,26 +950,26 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 
 // ---- release policy (version 1.0.0) ----
 
-type policyDoc struct {
-	Version string            `json:"version"`
-	AnyOf   []policyAuthority `json:"anyOf"`
+type kvPolicyDoc struct {
+	Version string              `json:"version"`
+	AnyOf   []kvPolicyAuthority `json:"anyOf"`
 }
 
-type policyAuthority struct {
-	Authority string       `json:"authority"`
-	AllOf     []policyCond `json:"allOf"`
-	AnyOf     []policyCond `json:"anyOf"`
+type kvPolicyAuthority struct {
+	Authority string         `json:"authority"`
+	AllOf     []kvPolicyCond `json:"allOf"`
+	AnyOf     []kvPolicyCond `json:"anyOf"`
 }
 
-type policyCond struct {
-	Claim  string       `json:"claim"`
-	Equals any          `json:"equals"`
-	AllOf  []policyCond `json:"allOf"`
-	AnyOf  []policyCond `json:"anyOf"`
+type kvPolicyCond struct {
+	Claim  string         `json:"claim"`
+	Equals any            `json:"equals"`
+	AllOf  []kvPolicyCond `json:"allOf"`
+	AnyOf  []kvPolicyCond `json:"anyOf"`
 }
 
-func parsePolicy(b []byte) (*policyDoc, error) {
-	var p policyDoc
+func parseKVPolicy(b []byte) (*kvPolicyDoc, error) {
+	var p kvPolicyDoc
 	if err := json.Unmarshal(b, &p); err != nil {
 		return nil, err
 	}
@@ -979,8 +979,8 @@ func parsePolicy(b []byte) (*policyDoc, error) {
 	return &p, nil
 }
 
-func policyAuthorities(b []byte) ([]string, error) {
-	p, err := parsePolicy(b)
+func kvPolicyAuthorities(b []byte) ([]string, error) {
+	p, err := parseKVPolicy(b)
 	if err != nil {
 		return nil, err
 	}
@@ -991,11 +991,11 @@ func policyAuthorities(b []byte) ([]string, error) {
 	return out, nil
 }
 
-// evalReleasePolicy says whether the claims of a token from iss meet the
+// kvEvalPolicy says whether the claims of a token from iss meet the
 // policy: some authority entry whose authority is iss and whose conditions
 // all (allOf) or some (anyOf) hold.
-func evalReleasePolicy(policy []byte, claims map[string]any) (bool, error) {
-	p, err := parsePolicy(policy)
+func kvEvalPolicy(policy []byte, claims map[string]any) (bool, error) {
+	p, err := parseKVPolicy(policy)
 	if err != nil {
 		return false, err
 	}
@@ -1007,44 +1007,44 @@ func evalReleasePolicy(policy []byte, claims map[string]any) (bool, error) {
 		if (a.AllOf == nil) == (a.AnyOf == nil) {
 			return false, errors.New("an authority needs exactly one of allOf and anyOf")
 		}
-		if a.AllOf != nil && evalAll(a.AllOf, claims) || a.AnyOf != nil && evalAny(a.AnyOf, claims) {
+		if a.AllOf != nil && kvEvalAll(a.AllOf, claims) || a.AnyOf != nil && kvEvalAny(a.AnyOf, claims) {
 			return true, nil
 		}
 	}
 	return false, nil
 }
 
-func evalAll(cs []policyCond, claims map[string]any) bool {
+func kvEvalAll(cs []kvPolicyCond, claims map[string]any) bool {
 	for _, c := range cs {
-		if !evalCond(c, claims) {
+		if !kvEvalCond(c, claims) {
 			return false
 		}
 	}
 	return true
 }
 
-func evalAny(cs []policyCond, claims map[string]any) bool {
+func kvEvalAny(cs []kvPolicyCond, claims map[string]any) bool {
 	for _, c := range cs {
-		if evalCond(c, claims) {
+		if kvEvalCond(c, claims) {
 			return true
 		}
 	}
 	return false
 }
 
-func evalCond(c policyCond, claims map[string]any) bool {
+func kvEvalCond(c kvPolicyCond, claims map[string]any) bool {
 	switch {
 	case c.AllOf != nil:
-		return evalAll(c.AllOf, claims)
+		return kvEvalAll(c.AllOf, claims)
 	case c.AnyOf != nil:
-		return evalAny(c.AnyOf, claims)
+		return kvEvalAny(c.AnyOf, claims)
 	}
-	v, ok := claimAt(claims, c.Claim)
-	return ok && c.Equals != nil && claimString(v) == claimString(c.Equals)
+	v, ok := kvClaimAt(claims, c.Claim)
+	return ok && c.Equals != nil && kvClaimString(v) == kvClaimString(c.Equals)
 }
 
-// claimAt follows a dot path into nested objects.
-func claimAt(claims map[string]any, path string) (any, bool) {
+// kvClaimAt follows a dot path into nested objects.
+func kvClaimAt(claims map[string]any, path string) (any, bool) {
 	var cur any = claims
 	for _, part := range strings.Split(path, ".") {
 		m, ok := cur.(map[string]any)
@@ -1058,9 +1058,9 @@ func claimAt(claims map[string]any, path string) (any, bool) {
 	return cur, true
 }
 
-// claimString is the string form policies compare: "false" equals false,
+// kvClaimString is the string form policies compare: "false" equals false,
 // "0" equals 0.
-func claimString(v any) string {
+func kvClaimString(v any) string {
 	switch x := v.(type) {
 	case string:
 		return x
@@ -1074,10 +1074,10 @@ func claimString(v any) string {
 	return fmt.Sprint(v)
 }
 
-// skrPolicy is the policy Microsoft's importkey writes for a container
+// standInReleasePolicy is the policy Microsoft's importkey writes for a container
 // group: its host data, an endorsed UVM, no debug, VMPL 0.
-func skrPolicy(authority, hostData string) []byte {
-	return mustJSON(map[string]any{"version": "1.0.0", "anyOf": []any{map[string]any{
+func standInReleasePolicy(authority, hostData string) []byte {
+	return standInJSON(map[string]any{"version": "1.0.0", "anyOf": []any{map[string]any{
 		"authority": "https://" + authority,
 		"allOf": []any{
 			map[string]any{"claim": "x-ms-sevsnpvm-hostdata", "equals": hostData},
@@ -1090,10 +1090,10 @@ func skrPolicy(authority, hostData string) []byte {
 
 // ---- IMDS ----
 
-// imdsStandIn is the managed identity endpoint: plain http, Metadata: true,
+// releaseIMDS is the managed identity endpoint: plain http, Metadata: true,
 // numbers as strings.
-type imdsStandIn struct {
-	*faults
+type releaseIMDS struct {
+	*standInFaults
 	srv   *httptest.Server
 	token string
 
@@ -1101,8 +1101,8 @@ type imdsStandIn struct {
 	resources []string
 }
 
-func newIMDSStandIn(t testing.TB, token string) *imdsStandIn {
-	m := &imdsStandIn{faults: newFaults(), token: token}
+func newReleaseIMDS(t testing.TB, token string) *releaseIMDS {
+	m := &releaseIMDS{standInFaults: newStandInFaults(), token: token}
 	m.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if m.intercept(w, r) {
 			return
