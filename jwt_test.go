@@ -18,25 +18,25 @@ import (
 
 // Test keys are generated once per package run: RSA generation is slow.
 var (
-	testKeysOnce sync.Once
-	testRSA      *rsa.PrivateKey
-	testRSA2     *rsa.PrivateKey
-	testEC       map[string]*ecdsa.PrivateKey // by JWK crv name
+	joseKeysOnce sync.Once
+	joseRSA      *rsa.PrivateKey
+	joseRSA2     *rsa.PrivateKey
+	joseEC       map[string]*ecdsa.PrivateKey // by JWK crv name
 )
 
-func testKeys(t testing.TB) {
+func joseTestKeys(t testing.TB) {
 	t.Helper()
-	testKeysOnce.Do(func() {
+	joseKeysOnce.Do(func() {
 		var err error
-		if testRSA, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+		if joseRSA, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
 			panic(err)
 		}
-		if testRSA2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+		if joseRSA2, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
 			panic(err)
 		}
-		testEC = map[string]*ecdsa.PrivateKey{}
+		joseEC = map[string]*ecdsa.PrivateKey{}
 		for name, c := range jwkCurves {
-			if testEC[name], err = ecdsa.GenerateKey(c, rand.Reader); err != nil {
+			if joseEC[name], err = ecdsa.GenerateKey(c, rand.Reader); err != nil {
 				panic(err)
 			}
 		}
@@ -45,12 +45,12 @@ func testKeys(t testing.TB) {
 
 // signerFor returns the generated test key that suits alg.
 func signerFor(t testing.TB, alg string) crypto.Signer {
-	testKeys(t)
+	joseTestKeys(t)
 	switch alg[:2] {
 	case "RS", "PS":
-		return testRSA
+		return joseRSA
 	}
-	return testEC[map[string]string{"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}[alg]]
+	return joseEC[map[string]string{"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}[alg]]
 }
 
 var allJWSAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
@@ -328,7 +328,7 @@ func TestJWSTamperingRejected(t *testing.T) {
 				"header":    otherHeader + "." + parts[1] + "." + parts[2],
 				"payload":   parts[0] + "." + b64url([]byte(`{"a":2}`)) + "." + parts[2],
 				"signature": parts[0] + "." + parts[1] + "." + flipB64URL(parts[2]),
-				"swapped":   parts[0] + "." + parts[1] + "." + b64url(make([]byte, len(mustB64(t, parts[2])))),
+				"swapped":   parts[0] + "." + parts[1] + "." + b64url(make([]byte, len(joseB64(t, parts[2])))),
 			} {
 				j, err := parseJWS(c)
 				if err != nil {
@@ -342,7 +342,7 @@ func TestJWSTamperingRejected(t *testing.T) {
 	}
 }
 
-func mustB64(t testing.TB, s string) []byte {
+func joseB64(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := b64urlDecode(s)
 	if err != nil {
@@ -359,11 +359,11 @@ func flipB64URL(s string) string {
 }
 
 func TestJWSAlgorithmConfusionRejected(t *testing.T) {
-	testKeys(t)
+	joseTestKeys(t)
 	payload := b64url([]byte(`{"sub":"x"}`))
 
 	// HS256 keyed with the RSA public key's bytes: the classic confusion.
-	pubDER := testRSA.PublicKey.N.Bytes()
+	pubDER := joseRSA.PublicKey.N.Bytes()
 	hsInput := b64url([]byte(`{"alg":"HS256"}`)) + "." + payload
 	mac := hmac.New(sha256.New, pubDER)
 	mac.Write([]byte(hsInput))
@@ -372,10 +372,10 @@ func TestJWSAlgorithmConfusionRejected(t *testing.T) {
 	none := b64url([]byte(`{"alg":"none"}`)) + "." + payload + "."
 	noneSigned := b64url([]byte(`{"alg":"none"}`)) + "." + payload + "." + b64url([]byte("x"))
 
-	rs, _ := signJWS(nil, []byte(`{}`), testRSA, "RS256")
-	ps, _ := signJWS(nil, []byte(`{}`), testRSA, "PS256")
-	es256, _ := signJWS(nil, []byte(`{}`), testEC["P-256"], "ES256")
-	es384, _ := signJWS(nil, []byte(`{}`), testEC["P-384"], "ES384")
+	rs, _ := signJWS(nil, []byte(`{}`), joseRSA, "RS256")
+	ps, _ := signJWS(nil, []byte(`{}`), joseRSA, "PS256")
+	es256, _ := signJWS(nil, []byte(`{}`), joseEC["P-256"], "ES256")
+	es384, _ := signJWS(nil, []byte(`{}`), joseEC["P-384"], "ES384")
 
 	// An ES256 header over a P-384 signature, and vice versa.
 	es256onP384 := b64url([]byte(`{"alg":"ES256"}`)) + "." + strings.SplitN(es384, ".", 2)[1]
@@ -386,19 +386,19 @@ func TestJWSAlgorithmConfusionRejected(t *testing.T) {
 		pub     crypto.PublicKey
 		allowed []string
 	}{
-		{"HS256 with RSA key bytes", hs256, &testRSA.PublicKey, []string{"RS256", "HS256"}},
-		{"none, empty signature", none, &testRSA.PublicKey, []string{"RS256", "none"}},
-		{"none, with signature", noneSigned, &testRSA.PublicKey, []string{"none"}},
-		{"RS256 not allowed", rs, &testRSA.PublicKey, []string{"PS256", "ES256"}},
-		{"PS256 not allowed", ps, &testRSA.PublicKey, []string{"RS256"}},
-		{"nothing allowed", rs, &testRSA.PublicKey, nil},
-		{"RS256 with the wrong RSA key", rs, &testRSA2.PublicKey, []string{"RS256"}},
-		{"PS256 signature as RS256", b64url([]byte(`{"alg":"RS256"}`)) + "." + strings.SplitN(ps, ".", 2)[1], &testRSA.PublicKey, []string{"RS256"}},
-		{"RS256 with an EC key", rs, &testEC["P-256"].PublicKey, []string{"RS256"}},
-		{"ES256 with an RSA key", es256, &testRSA.PublicKey, []string{"ES256"}},
-		{"ES256 with a P-384 key", es256, &testEC["P-384"].PublicKey, []string{"ES256", "ES384"}},
-		{"ES256 header on a P-384 signature", es256onP384, &testEC["P-384"].PublicKey, []string{"ES256", "ES384"}},
-		{"ES384 with a P-256 key", es384, &testEC["P-256"].PublicKey, []string{"ES384"}},
+		{"HS256 with RSA key bytes", hs256, &joseRSA.PublicKey, []string{"RS256", "HS256"}},
+		{"none, empty signature", none, &joseRSA.PublicKey, []string{"RS256", "none"}},
+		{"none, with signature", noneSigned, &joseRSA.PublicKey, []string{"none"}},
+		{"RS256 not allowed", rs, &joseRSA.PublicKey, []string{"PS256", "ES256"}},
+		{"PS256 not allowed", ps, &joseRSA.PublicKey, []string{"RS256"}},
+		{"nothing allowed", rs, &joseRSA.PublicKey, nil},
+		{"RS256 with the wrong RSA key", rs, &joseRSA2.PublicKey, []string{"RS256"}},
+		{"PS256 signature as RS256", b64url([]byte(`{"alg":"RS256"}`)) + "." + strings.SplitN(ps, ".", 2)[1], &joseRSA.PublicKey, []string{"RS256"}},
+		{"RS256 with an EC key", rs, &joseEC["P-256"].PublicKey, []string{"RS256"}},
+		{"ES256 with an RSA key", es256, &joseRSA.PublicKey, []string{"ES256"}},
+		{"ES256 with a P-384 key", es256, &joseEC["P-384"].PublicKey, []string{"ES256", "ES384"}},
+		{"ES256 header on a P-384 signature", es256onP384, &joseEC["P-384"].PublicKey, []string{"ES256", "ES384"}},
+		{"ES384 with a P-256 key", es384, &joseEC["P-256"].PublicKey, []string{"ES384"}},
 		{"nil key", rs, nil, []string{"RS256"}},
 		{"typed nil key", rs, (*rsa.PublicKey)(nil), []string{"RS256"}},
 	} {
@@ -416,8 +416,8 @@ func TestJWSAlgorithmConfusionRejected(t *testing.T) {
 
 // ECDSA signatures in DER (what crypto.Signer returns) are not JOSE's R||S.
 func TestJWSECDSADERSignatureRejected(t *testing.T) {
-	testKeys(t)
-	key := testEC["P-256"]
+	joseTestKeys(t)
+	key := joseEC["P-256"]
 	input := b64url([]byte(`{"alg":"ES256"}`)) + "." + b64url([]byte("p"))
 	digest := sha256.Sum256([]byte(input))
 	der, err := ecdsa.SignASN1(rand.Reader, key, digest[:])
@@ -454,17 +454,17 @@ func TestJWSSmallRSAKeyRefused(t *testing.T) {
 }
 
 func TestSignJWSRefusesMismatchedKey(t *testing.T) {
-	testKeys(t)
+	joseTestKeys(t)
 	for _, tc := range []struct {
 		key crypto.Signer
 		alg string
 	}{
-		{testRSA, "ES256"},
-		{testEC["P-256"], "RS256"},
-		{testEC["P-256"], "ES384"},
-		{testEC["P-521"], "ES256"},
-		{testRSA, "HS256"},
-		{testRSA, "none"},
+		{joseRSA, "ES256"},
+		{joseEC["P-256"], "RS256"},
+		{joseEC["P-256"], "ES384"},
+		{joseEC["P-521"], "ES256"},
+		{joseRSA, "HS256"},
+		{joseRSA, "none"},
 		{nil, "RS256"},
 	} {
 		if _, err := signJWS(nil, nil, tc.key, tc.alg); err == nil {
@@ -580,12 +580,12 @@ func TestCheckJWTTimesFromDecodedJSON(t *testing.T) {
 }
 
 func TestJWKRoundTrips(t *testing.T) {
-	testKeys(t)
+	joseTestKeys(t)
 	keys := map[string]any{
-		"RSA":   testRSA,
-		"P-256": testEC["P-256"],
-		"P-384": testEC["P-384"],
-		"P-521": testEC["P-521"],
+		"RSA":   joseRSA,
+		"P-256": joseEC["P-256"],
+		"P-384": joseEC["P-384"],
+		"P-521": joseEC["P-521"],
 		"oct":   []byte("0123456789abcdef0123456789abcdef"),
 	}
 	for name, key := range keys {
@@ -625,7 +625,7 @@ func TestJWKRoundTrips(t *testing.T) {
 					t.Fatalf("EC public key: %v", err)
 				}
 				size := curveByteSize(want.Curve)
-				if len(mustB64(t, parsed.X)) != size || len(mustB64(t, parsed.D)) != size {
+				if len(joseB64(t, parsed.X)) != size || len(joseB64(t, parsed.D)) != size {
 					t.Fatal("EC members are not full field size")
 				}
 			case []byte:
@@ -668,16 +668,16 @@ func TestJWKECLeadingZeroPadding(t *testing.T) {
 }
 
 func TestJWKFromPrivateKeyRejects(t *testing.T) {
-	testKeys(t)
+	joseTestKeys(t)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	for name, key := range map[string]any{
 		"empty oct":   []byte{},
 		"P-224":       p224,
-		"public key":  &testRSA.PublicKey,
+		"public key":  &joseRSA.PublicKey,
 		"string":      "secret",
 		"nil":         nil,
-		"rsa no D":    &rsa.PrivateKey{PublicKey: testRSA.PublicKey},
-		"multi-prime": &rsa.PrivateKey{PublicKey: testRSA.PublicKey, D: testRSA.D, Primes: []*big.Int{big.NewInt(3), big.NewInt(5), big.NewInt(7)}},
+		"rsa no D":    &rsa.PrivateKey{PublicKey: joseRSA.PublicKey},
+		"multi-prime": &rsa.PrivateKey{PublicKey: joseRSA.PublicKey, D: joseRSA.D, Primes: []*big.Int{big.NewInt(3), big.NewInt(5), big.NewInt(7)}},
 	} {
 		if _, err := jwkFromPrivateKey(key); err == nil {
 			t.Errorf("%s: no error", name)
@@ -686,17 +686,17 @@ func TestJWKFromPrivateKeyRejects(t *testing.T) {
 }
 
 func TestBadJWKsRejected(t *testing.T) {
-	testKeys(t)
-	rsaJWK, _ := jwkFromPrivateKey(testRSA)
-	ecJWK, _ := jwkFromPrivateKey(testEC["P-256"])
-	other, _ := jwkFromPrivateKey(testEC["P-384"])
+	joseTestKeys(t)
+	rsaJWK, _ := jwkFromPrivateKey(joseRSA)
+	ecJWK, _ := jwkFromPrivateKey(joseEC["P-256"])
+	other, _ := jwkFromPrivateKey(joseEC["P-384"])
 	otherP256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	otherP256JWK, _ := jwkFromPrivateKey(otherP256)
-	rsa2, _ := jwkFromPrivateKey(testRSA2)
+	rsa2, _ := jwkFromPrivateKey(joseRSA2)
 
 	mod := func(k jwk, f func(*jwk)) jwk { f(&k); return k }
 	// An EC point off the curve: y+1.
-	yBytes := mustB64(t, ecJWK.Y)
+	yBytes := joseB64(t, ecJWK.Y)
 	yBytes[len(yBytes)-1] ^= 1
 
 	for _, tc := range []struct {
@@ -723,8 +723,8 @@ func TestBadJWKsRejected(t *testing.T) {
 		{"EC unknown crv", mod(ecJWK, func(k *jwk) { k.Crv = "P-224" }), true, true},
 		{"EC secp256k1", mod(ecJWK, func(k *jwk) { k.Crv = "secp256k1" }), true, true},
 		{"EC no x", mod(ecJWK, func(k *jwk) { k.X = "" }), true, true},
-		{"EC short x", mod(ecJWK, func(k *jwk) { k.X = b64url(mustB64(t, k.X)[1:]) }), true, true},
-		{"EC long y", mod(ecJWK, func(k *jwk) { k.Y = b64url(append([]byte{0}, mustB64(t, k.Y)...)) }), true, true},
+		{"EC short x", mod(ecJWK, func(k *jwk) { k.X = b64url(joseB64(t, k.X)[1:]) }), true, true},
+		{"EC long y", mod(ecJWK, func(k *jwk) { k.Y = b64url(append([]byte{0}, joseB64(t, k.Y)...)) }), true, true},
 		{"EC off curve", mod(ecJWK, func(k *jwk) { k.Y = b64url(yBytes) }), true, true},
 		{"EC crv mismatch", mod(ecJWK, func(k *jwk) { k.Crv = "P-384" }), true, true},
 		{"EC P-384 coords as P-256", mod(other, func(k *jwk) { k.Crv = "P-256" }), true, true},

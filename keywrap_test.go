@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-func mustHex(t testing.TB, s string) []byte {
+func kwpHex(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(s)
 	if err != nil {
@@ -27,10 +27,10 @@ var rfc5649Vectors = []struct{ name, key, wrapped string }{
 }
 
 func TestAESKeyWrapPadRFC5649Vectors(t *testing.T) {
-	kek := mustHex(t, rfc5649KEK)
+	kek := kwpHex(t, rfc5649KEK)
 	for _, v := range rfc5649Vectors {
 		t.Run(v.name, func(t *testing.T) {
-			key, want := mustHex(t, v.key), mustHex(t, v.wrapped)
+			key, want := kwpHex(t, v.key), kwpHex(t, v.wrapped)
 			got, err := aesKeyWrapPad(kek, key)
 			if err != nil {
 				t.Fatal(err)
@@ -52,11 +52,11 @@ func TestAESKeyWrapPadRFC5649Vectors(t *testing.T) {
 // The multi-block core is RFC 3394's; check it alone against RFC 3394 §4.1
 // (128-bit KEK, 128-bit key data, default IV A6A6A6A6A6A6A6A6).
 func TestWrapBlocksRFC3394Vector(t *testing.T) {
-	block, err := aes.NewCipher(mustHex(t, "000102030405060708090a0b0c0d0e0f"))
+	block, err := aes.NewCipher(kwpHex(t, "000102030405060708090a0b0c0d0e0f"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := mustHex(t, "a6a6a6a6a6a6a6a600112233445566778899aabbccddeeff")
+	buf := kwpHex(t, "a6a6a6a6a6a6a6a600112233445566778899aabbccddeeff")
 	wrapBlocks(block, buf)
 	if want := "1fa68b0a8112b447aef34bd8fb5a7b829d3e862371d2cfe5"; hex.EncodeToString(buf) != want {
 		t.Fatalf("RFC 3394 wrap = %x, want %s", buf, want)
@@ -105,14 +105,14 @@ func TestAESKeyWrapPadRoundTrips(t *testing.T) {
 }
 
 func TestAESKeyUnwrapPadRejectsEveryBitFlip(t *testing.T) {
-	kek := mustHex(t, rfc5649KEK)
+	kek := kwpHex(t, rfc5649KEK)
 	long := make([]byte, 61)
 	rand.Read(long)
 	longCT, err := aesKeyWrapPad(kek, long)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cts := [][]byte{mustHex(t, rfc5649Vectors[0].wrapped), mustHex(t, rfc5649Vectors[1].wrapped), longCT}
+	cts := [][]byte{kwpHex(t, rfc5649Vectors[0].wrapped), kwpHex(t, rfc5649Vectors[1].wrapped), longCT}
 	for _, ct := range cts {
 		for bit := range 8 * len(ct) {
 			c := bytes.Clone(ct)
@@ -125,18 +125,18 @@ func TestAESKeyUnwrapPadRejectsEveryBitFlip(t *testing.T) {
 }
 
 func TestAESKeyUnwrapPadWrongKEK(t *testing.T) {
-	kek := mustHex(t, rfc5649KEK)
+	kek := kwpHex(t, rfc5649KEK)
 	for _, v := range rfc5649Vectors {
 		for i := range kek {
 			wrong := bytes.Clone(kek)
 			wrong[i] ^= 0x80
-			if _, err := aesKeyUnwrapPad(wrong, mustHex(t, v.wrapped)); err != errKeyUnwrap {
+			if _, err := aesKeyUnwrapPad(wrong, kwpHex(t, v.wrapped)); err != errKeyUnwrap {
 				t.Fatalf("%s under a wrong KEK: err = %v", v.name, err)
 			}
 		}
 	}
 	// Same bytes, other AES size.
-	if _, err := aesKeyUnwrapPad(kek[:16], mustHex(t, rfc5649Vectors[0].wrapped)); err == nil {
+	if _, err := aesKeyUnwrapPad(kek[:16], kwpHex(t, rfc5649Vectors[0].wrapped)); err == nil {
 		t.Fatal("unwrapped under a truncated KEK")
 	}
 }
@@ -224,9 +224,9 @@ func TestAESKeyUnwrapPadIntegrityChecks(t *testing.T) {
 }
 
 func FuzzAESKeyUnwrapPad(f *testing.F) {
-	kek := mustHex(f, rfc5649KEK)
+	kek := kwpHex(f, rfc5649KEK)
 	for _, v := range rfc5649Vectors {
-		f.Add(mustHex(f, v.wrapped))
+		f.Add(kwpHex(f, v.wrapped))
 	}
 	f.Add(make([]byte, 24))
 	f.Fuzz(func(t *testing.T, ct []byte) {

@@ -19,31 +19,31 @@ import (
 	"time"
 )
 
-// fastRetry keeps the production retry decisions but not their delays.
-func fastRetry(p retryPolicy) retryPolicy {
+// fastRetryPolicy keeps the production retry decisions but not their delays.
+func fastRetryPolicy(p retryPolicy) retryPolicy {
 	p.BaseDelay, p.MaxDelay = time.Millisecond, 5*time.Millisecond
 	return p
 }
 
-func randomToken(prefix string) string {
+func randomTestSecret(prefix string) string {
 	b := make([]byte, 16)
 	rand.Read(b)
 	return prefix + hex.EncodeToString(b)
 }
 
-// scripted holds the error statuses a stand-in answers before it succeeds.
-type scripted struct {
+// scriptedFailures holds the error statuses a stand-in answers before it succeeds.
+type scriptedFailures struct {
 	mu       sync.Mutex
 	failures []int
 }
 
-func (s *scripted) failWith(statuses ...int) {
+func (s *scriptedFailures) failWith(statuses ...int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failures = append(s.failures, statuses...)
 }
 
-func (s *scripted) next() int {
+func (s *scriptedFailures) next() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.failures) == 0 {
@@ -59,7 +59,7 @@ func (s *scripted) next() int {
 // client_id checked, every number a JSON string.
 type imdsStandIn struct {
 	*httptest.Server
-	scripted
+	scriptedFailures
 	clientID string        // the identity attached; "" = system-assigned only
 	delay    time.Duration // before answering
 	now      func() time.Time
@@ -79,7 +79,7 @@ func (s *imdsStandIn) lastResource() string {
 	return s.resources[len(s.resources)-1]
 }
 
-var knownResources = map[string]bool{
+var standInResources = map[string]bool{
 	"https://vault.azure.net": true, "https://managedhsm.azure.net": true,
 	"https://vault.azure.cn": true, "https://vault.usgovcloudapi.net": true,
 }
@@ -121,7 +121,7 @@ func (s *imdsStandIn) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.resources = append(s.resources, resource)
 	s.mu.Unlock()
-	if !knownResources[resource] {
+	if !standInResources[resource] {
 		imdsError(w, http.StatusBadRequest, "invalid_resource", "AADSTS500011: The resource principal named "+resource+" was not found")
 		return
 	}
@@ -133,10 +133,10 @@ func (s *imdsStandIn) serve(w http.ResponseWriter, r *http.Request) {
 		if st == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
-		imdsError(w, st, "unknown", fmt.Sprintf("scripted failure %d", st))
+		imdsError(w, st, "unknown", fmt.Sprintf("scriptedFailures failure %d", st))
 		return
 	}
-	tok := randomToken("imds.")
+	tok := randomTestSecret("imds.")
 	s.mu.Lock()
 	s.issued = append(s.issued, tok)
 	s.mu.Unlock()
@@ -166,7 +166,7 @@ func (s *imdsStandIn) tokens() []string {
 // expires_in a JSON number.
 type entraStandIn struct {
 	*httptest.Server
-	scripted
+	scriptedFailures
 	tenant, clientID, tokenFile string
 	calls                       atomic.Int32
 
@@ -229,15 +229,15 @@ func (s *entraStandIn) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	scope := f.Get("scope")
-	if !strings.HasSuffix(scope, "/.default") || !knownResources[strings.TrimSuffix(scope, "/.default")] {
+	if !strings.HasSuffix(scope, "/.default") || !standInResources[strings.TrimSuffix(scope, "/.default")] {
 		entraError(w, http.StatusBadRequest, "invalid_scope", "AADSTS1002012: The provided value for scope "+scope+" is not valid.")
 		return
 	}
 	if st := s.next(); st != 0 {
-		entraError(w, st, "temporarily_unavailable", fmt.Sprintf("AADSTS90033: scripted failure %d", st))
+		entraError(w, st, "temporarily_unavailable", fmt.Sprintf("AADSTS90033: scriptedFailures failure %d", st))
 		return
 	}
-	tok := randomToken("entra.")
+	tok := randomTestSecret("entra.")
 	s.mu.Lock()
 	s.issued = append(s.issued, tok)
 	s.assertions = append(s.assertions, f.Get("client_assertion"))
@@ -252,23 +252,23 @@ func (s *entraStandIn) tokens() []string {
 	return append([]string(nil), s.issued...)
 }
 
-func envMap(m map[string]string) func(string) string {
+func tokenEnv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
-// testClock is a settable clock for cache expiry tests.
-type testClock struct {
+// tokenClock is a settable clock for cache expiry tests.
+type tokenClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func (c *testClock) Now() time.Time {
+func (c *tokenClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
-func (c *testClock) Advance(d time.Duration) {
+func (c *tokenClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
@@ -282,29 +282,29 @@ func imdsProvider(t *testing.T, imds *imdsStandIn, clientID string, logs *syncBu
 	}
 	p := newTokenProvider(tokenConfig{
 		IdentityClientID: clientID,
-		Getenv:           envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL + "/"}),
+		Getenv:           tokenEnv(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL + "/"}),
 		Client:           imds.Client(),
 		Log:              newLogger(logs, levelTrace),
 		Now:              now,
 	})
-	p.imdsRetry = fastRetry(p.imdsRetry)
-	p.entraRetry = fastRetry(p.entraRetry)
+	p.imdsRetry = fastRetryPolicy(p.imdsRetry)
+	p.entraRetry = fastRetryPolicy(p.entraRetry)
 	return p
 }
 
 // workload sets up a token file, an Entra stand-in and a provider using
 // workload identity (and, if imds is given, IMDS as well, which must then
 // go unused).
-type workload struct {
+type tokenWorkload struct {
 	file  string
 	entra *entraStandIn
 	p     *tokenProvider
 	logs  *syncBuffer
 }
 
-func newWorkload(t *testing.T, imds *imdsStandIn, now func() time.Time) *workload {
+func newWorkload(t *testing.T, imds *imdsStandIn, now func() time.Time) *tokenWorkload {
 	t.Helper()
-	w := &workload{file: filepath.Join(t.TempDir(), "azure-identity-token"), logs: &syncBuffer{}}
+	w := &tokenWorkload{file: filepath.Join(t.TempDir(), "azure-identity-token"), logs: &syncBuffer{}}
 	w.rotate(t)
 	tenant, clientID := "72f988bf-86f1-41af-91ab-2d7cd011db47", "11111111-2222-3333-4444-555555555555"
 	w.entra = newEntraStandIn(t, tenant, clientID, w.file)
@@ -319,20 +319,20 @@ func newWorkload(t *testing.T, imds *imdsStandIn, now func() time.Time) *workloa
 	}
 	w.p = newTokenProvider(tokenConfig{
 		IdentityClientID: "imds-client-id-unused",
-		Getenv:           envMap(env),
+		Getenv:           tokenEnv(env),
 		Client:           w.entra.Client(),
 		Log:              newLogger(w.logs, levelTrace),
 		Now:              now,
 	})
-	w.p.imdsRetry = fastRetry(w.p.imdsRetry)
-	w.p.entraRetry = fastRetry(w.p.entraRetry)
+	w.p.imdsRetry = fastRetryPolicy(w.p.imdsRetry)
+	w.p.entraRetry = fastRetryPolicy(w.p.entraRetry)
 	return w
 }
 
 // rotate writes a new projected token, as kubelet does, and returns it.
-func (w *workload) rotate(t *testing.T) string {
+func (w *tokenWorkload) rotate(t *testing.T) string {
 	t.Helper()
-	a := randomToken("eyJhbGciOiJSUzI1NiJ9.assertion.")
+	a := randomTestSecret("eyJhbGciOiJSUzI1NiJ9.assertion.")
 	if err := os.WriteFile(w.file, []byte(a+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +466,7 @@ func TestTokenIMDSAudiencePerVaultHost(t *testing.T) {
 }
 
 func TestTokenRefreshedNearExpiry(t *testing.T) {
-	clock := &testClock{t: time.Now()}
+	clock := &tokenClock{t: time.Now()}
 	imds := newIMDSStandIn(t, "cid")
 	imds.now = clock.Now
 	p := imdsProvider(t, imds, "cid", nil, clock.Now)
@@ -503,7 +503,7 @@ func TestTokenIMDSRetries(t *testing.T) {
 		{"429 then 200", []int{429}, 2, "", 0},
 		{"410 while IMDS updates", []int{410, 410, 410}, 4, "", 0},
 		{"404 then 200", []int{404}, 2, "", 0},
-		{"400 is final", []int{400}, 1, "IMDS answered HTTP 400 (unknown: scripted failure 400)", 502},
+		{"400 is final", []int{400}, 1, "IMDS answered HTTP 400 (unknown: scriptedFailures failure 400)", 502},
 		{"403 is final", []int{403}, 1, "IMDS answered HTTP 403", 403},
 		{"500 until out of tries", []int{500, 500, 500, 500, 500, 500, 500, 500, 500, 500}, 9, "IMDS answered HTTP 500", 502},
 	} {
@@ -568,7 +568,7 @@ func TestTokenUnusableAnswersAre502(t *testing.T) {
 				w.Write([]byte(body))
 			}))
 			defer srv.Close()
-			p := newTokenProvider(tokenConfig{Getenv: envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": srv.URL}), Client: srv.Client()})
+			p := newTokenProvider(tokenConfig{Getenv: tokenEnv(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": srv.URL}), Client: srv.Client()})
 			_, _, err := p.Token(context.Background(), "v.vault.azure.net")
 			if err == nil || statusFor(err) != 502 {
 				t.Fatalf("err = %v (status %d)", err, statusFor(err))
@@ -578,12 +578,12 @@ func TestTokenUnusableAnswersAre502(t *testing.T) {
 }
 
 func TestTokenIMDSExpiresOnOnly(t *testing.T) {
-	clock := &testClock{t: time.Unix(1_700_000_000, 0)}
+	clock := &tokenClock{t: time.Unix(1_700_000_000, 0)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, `{"access_token":"%s","expires_on":"%d","token_type":"Bearer"}`, randomToken("t"), clock.Now().Unix()+3600)
+		fmt.Fprintf(w, `{"access_token":"%s","expires_on":"%d","token_type":"Bearer"}`, randomTestSecret("t"), clock.Now().Unix()+3600)
 	}))
 	defer srv.Close()
-	p := newTokenProvider(tokenConfig{Getenv: envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": srv.URL}), Client: srv.Client(), Now: clock.Now})
+	p := newTokenProvider(tokenConfig{Getenv: tokenEnv(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": srv.URL}), Client: srv.Client(), Now: clock.Now})
 	a, _, err := p.Token(context.Background(), "v.vault.azure.net")
 	if err != nil {
 		t.Fatal(err)
@@ -671,7 +671,7 @@ func TestTokenWorkloadIdentity(t *testing.T) {
 }
 
 func TestTokenWorkloadIdentityRereadsRotatedFile(t *testing.T) {
-	clock := &testClock{t: time.Now()}
+	clock := &tokenClock{t: time.Now()}
 	w := newWorkload(t, nil, clock.Now)
 	ctx := context.Background()
 	if _, _, err := w.p.Token(ctx, "v.vault.azure.net"); err != nil {
@@ -771,7 +771,7 @@ func TestTokenConfigurationRefused(t *testing.T) {
 			var calls atomic.Int32
 			srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { calls.Add(1) }))
 			defer srv.Close()
-			p := newTokenProvider(tokenConfig{Getenv: envMap(env), Client: srv.Client()})
+			p := newTokenProvider(tokenConfig{Getenv: tokenEnv(env), Client: srv.Client()})
 			if _, _, err := p.Token(context.Background(), "v.vault.azure.net"); err == nil {
 				t.Fatal("no error")
 			}
@@ -788,7 +788,7 @@ func TestTokenPartialWorkloadIdentityUsesIMDS(t *testing.T) {
 	imds := newIMDSStandIn(t, "cid")
 	p := newTokenProvider(tokenConfig{
 		IdentityClientID: "cid",
-		Getenv: envMap(map[string]string{
+		Getenv: tokenEnv(map[string]string{
 			"AZURE_CLIENT_ID": "x", "AZURE_TENANT_ID": "t",
 			"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL,
 		}),
