@@ -6,8 +6,11 @@ package main
 // STUB: owned by the "sev" helper; signatures are the contract.
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 )
 
@@ -85,7 +88,60 @@ func (r *snpReport) Debuggable() bool { return r.Policy&(1<<19) != 0 }
 // SigningKey is 0 for VCEK, 1 for VLEK, 7 for none.
 func (r *snpReport) SigningKey() uint32 { return (r.SignerInfo >> 2) & 7 }
 
-// parseReport parses untrusted report bytes.
+// Report versions parseReport accepts. Version 2 is the oldest layout that
+// carries every field of snpReport; AMD adds fields only in reserved space
+// and keeps every offset, so versions newer than the ones known today
+// (2 to 5) are parsed by offset. A version beyond maxReportVersion is not a
+// plausible firmware but garbage or a misaligned buffer.
+const (
+	minReportVersion = 2
+	maxReportVersion = 15
+	// sigAlgoECDSAP384SHA384 is the only SIGNATURE_ALGO AMD defines.
+	sigAlgoECDSAP384SHA384 = 1
+)
+
+// parseReport parses untrusted report bytes. It checks the framing
+// (length, version, signature algorithm), not the signature: that needs
+// the VCEK (verifyEvidence). Reserved bytes are not required to be zero, so
+// that a newer firmware's fields in them do not break parsing.
 func parseReport(b []byte) (*snpReport, error) {
-	return nil, errors.New("parseReport: stub")
+	if len(b) != reportSize {
+		return nil, fmt.Errorf("SNP report is %d bytes, want %d", len(b), reportSize)
+	}
+	le := binary.LittleEndian
+	r := &snpReport{Version: le.Uint32(b[0x000:])}
+	if r.Version < minReportVersion || r.Version > maxReportVersion {
+		return nil, fmt.Errorf("SNP report version %d is not supported (want %d to %d)", r.Version, minReportVersion, maxReportVersion)
+	}
+	r.SignatureAlgo = le.Uint32(b[0x034:])
+	if r.SignatureAlgo != sigAlgoECDSAP384SHA384 {
+		return nil, fmt.Errorf("SNP report signature algorithm %d is not ECDSA P-384 SHA-384 (1)", r.SignatureAlgo)
+	}
+	r.GuestSVN = le.Uint32(b[0x004:])
+	r.Policy = le.Uint64(b[0x008:])
+	copy(r.FamilyID[:], b[0x010:])
+	copy(r.ImageID[:], b[0x020:])
+	r.VMPL = le.Uint32(b[0x030:])
+	r.CurrentTCB = le.Uint64(b[0x038:])
+	r.PlatformInfo = le.Uint64(b[0x040:])
+	r.SignerInfo = le.Uint32(b[0x048:])
+	copy(r.ReportData[:], b[0x050:])
+	copy(r.Measurement[:], b[0x090:])
+	copy(r.HostData[:], b[0x0C0:])
+	copy(r.IDKeyDigest[:], b[0x0E0:])
+	copy(r.AuthorKeyDigest[:], b[0x110:])
+	copy(r.ReportID[:], b[0x140:])
+	copy(r.ReportIDMA[:], b[0x160:])
+	r.ReportedTCB = le.Uint64(b[0x180:])
+	if r.Version >= 3 {
+		// Reserved in version 2; ignore whatever a version 2 firmware left.
+		r.CPUIDFamily, r.CPUIDModel, r.CPUIDStepping = b[0x188], b[0x189], b[0x18A]
+	}
+	copy(r.ChipID[:], b[0x1A0:])
+	r.CommittedTCB = le.Uint64(b[0x1E0:])
+	r.LaunchTCB = le.Uint64(b[0x1F0:])
+	copy(r.SignatureR[:], b[signedPartSize:])
+	copy(r.SignatureS[:], b[signedPartSize+72:])
+	r.Raw = bytes.Clone(b)
+	return r, nil
 }
