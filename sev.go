@@ -95,24 +95,25 @@ func openTEEFrom(opts teeOptions, gi guestInterfaces) (teeDevice, error) {
 		log.Info("SEV-SNP guest interface", "tee", tsm.Name(), "path", gi.ConfigfsTSM)
 		return tsm, nil
 	}
-	probed = append(probed, fmt.Sprintf("configfs-tsm %s: %v", gi.ConfigfsTSM, err))
+	probed = append(probed, fmt.Sprintf("configfs-tsm at %s (%v)", gi.ConfigfsTSM, err))
 
 	sg, err := openSevGuest(gi.SevGuest, gi.KernelRelease())
 	if err == nil {
 		log.Info("SEV-SNP guest interface", "tee", sg.Name(), "path", gi.SevGuest, "min_command_interval", sg.gate.interval)
 		return sg, nil
 	}
-	probed = append(probed, fmt.Sprintf("%s: %v", gi.SevGuest, err))
+	probed = append(probed, fmt.Sprintf("%s (%v)", gi.SevGuest, err))
 
 	legacy, err := openLegacySev(gi.LegacySev)
 	if err == nil {
 		log.Info("SEV-SNP guest interface", "tee", legacy.Name(), "path", gi.LegacySev)
 		return legacy, nil
 	}
-	probed = append(probed, fmt.Sprintf("%s: %v", gi.LegacySev, err))
+	probed = append(probed, fmt.Sprintf("%s (%v)", gi.LegacySev, err))
 
-	return nil, fmt.Errorf("no SEV-SNP guest interface (looked for %s); this is not an SEV-SNP confidential VM or container, or the interface is not exposed to this container; for development run with -emulate (or SKR_EMULATE=1), whose evidence no real verifier trusts",
-		strings.Join(probed, "; "))
+	// The server prefixes "no SEV-SNP guest interface: ".
+	return nil, fmt.Errorf("looked for %s: this is not an SEV-SNP confidential VM or container, or its guest interface is not exposed to this container; for development run with -emulate (or SKR_EMULATE=1), whose evidence no real verifier trusts",
+		strings.Join(probed, ", "))
 }
 
 // checkCharDevice refuses a path that is absent or is not a character
@@ -413,6 +414,8 @@ func (t *configfsTSM) report(reportData [64]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// privlevel is left at the kernel's default (privlevel_floor): a guest
+	// under an SVSM may not ask for VMPL 0, and the report states its VMPL.
 	if err := t.fs.WriteFile(filepath.Join(entry, "inblob"), reportData[:]); err != nil {
 		return nil, fmt.Errorf("configfs-tsm write inblob: %w", err)
 	}
