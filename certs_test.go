@@ -293,9 +293,13 @@ func TestParseTHIM(t *testing.T) {
 		{"short tcbm", doc(func(d map[string]any) { d["tcbm"] = "7308" }), "16 hex digits"},
 		{"non-hex tcbm", doc(func(d map[string]any) { d["tcbm"] = "73080000000000zz" }), "16 hex digits"},
 		{"tcbm disagrees with the VCEK", doc(func(d map[string]any) { d["tcbm"] = "7308000000000004" }), "disagrees"},
-		{"garbage PEM", doc(func(d map[string]any) { d["vcekCert"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n" }), "vcekCert"},
+		{"garbage PEM", doc(func(d map[string]any) {
+			d["vcekCert"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+		}), "vcekCert"},
 		{"text instead of PEM", doc(func(d map[string]any) { d["vcekCert"] = "hello" }), "unexpected text"},
-		{"private key block", doc(func(d map[string]any) { d["certificateChain"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n" }), "PRIVATE KEY"},
+		{"private key block", doc(func(d map[string]any) {
+			d["certificateChain"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+		}), "PRIVATE KEY"},
 		{"two VCEKs", doc(func(d map[string]any) { d["vcekCert"] = pemCert(v.cert) + pemCert(v.cert) }), "exactly one VCEK"},
 		{"ASK alone", doc(func(d map[string]any) { d["certificateChain"] = pemCert(ask) }), "want ASK then ARK"},
 		{"two ASKs", doc(func(d map[string]any) { d["certificateChain"] = pemCert(ask) + pemCert(ask) }), "cannot tell ASK from ARK"},
