@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -345,6 +347,9 @@ func FuzzParseTHIM(f *testing.F) {
 	v := newTestVCEK(f, specOld)
 	good := thimJSON(f, v.cert, v.root.ask, v.root.ark, "7308000000000003")
 	f.Add(good)
+	if real, err := os.ReadFile(filepath.Join(sharedTestdata, "uvm_host_amd_certificate.json")); err == nil {
+		f.Add(real)
+	}
 	f.Add([]byte(`{"vcekCert":"","certificateChain":"","tcbm":"7308000000000003"}`))
 	f.Add([]byte(`{"vcekCert":"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----","certificateChain":"x","tcbm":"0"}`))
 	f.Add([]byte(`[]`))
