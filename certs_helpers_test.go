@@ -44,7 +44,7 @@ var (
 	testRoots   = map[string]*testRootCA{}
 )
 
-func amdName(cn string) pkix.Name {
+func testAMDName(cn string) pkix.Name {
 	return pkix.Name{
 		Organization:       []string{"Advanced Micro Devices"},
 		Country:            []string{"US"},
@@ -87,7 +87,7 @@ func makeTestRoot(t testing.TB, product snpProduct, arkCN, askCN string, otherKe
 	now := time.Now()
 	arkTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               amdName(arkCN),
+		Subject:               testAMDName(arkCN),
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(25 * 365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
@@ -98,7 +98,7 @@ func makeTestRoot(t testing.TB, product snpProduct, arkCN, askCN string, otherKe
 	r.ark = mustCert(t, arkTmpl, arkTmpl, &r.arkKey.PublicKey, r.arkKey)
 	askTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(2),
-		Subject:               amdName(askCN),
+		Subject:               testAMDName(askCN),
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(25 * 365 * 24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign,
@@ -126,7 +126,7 @@ func mustCert(t testing.TB, tmpl, parent *x509.Certificate, pub, priv any) *x509
 }
 
 // derInt is what AMD writes for an SPL: a DER INTEGER.
-func derInt(t testing.TB, v int) []byte {
+func testDERInt(t testing.TB, v int) []byte {
 	t.Helper()
 	b, err := asn1.Marshal(v)
 	if err != nil {
@@ -135,7 +135,7 @@ func derInt(t testing.TB, v int) []byte {
 	return b
 }
 
-func derIA5(t testing.TB, s string) []byte {
+func testDERIA5(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := asn1.MarshalWithParams(s, "ia5")
 	if err != nil {
@@ -177,7 +177,7 @@ var testChipID = func() (c [64]byte) {
 	return c
 }()
 
-func vcekExtensions(t testing.TB, s vcekSpec) []pkix.Extension {
+func testVCEKExtensions(t testing.TB, s vcekSpec) []pkix.Extension {
 	name := s.productName
 	if name == "" {
 		name = string(s.product) + "-B0"
@@ -191,19 +191,19 @@ func vcekExtensions(t testing.TB, s vcekSpec) []pkix.Extension {
 		}
 	}
 	exts := []pkix.Extension{
-		{Id: oidStructVersion, Value: derInt(t, 1)},
-		{Id: oidProductName, Value: derIA5(t, name)},
-		{Id: oidBlSPL, Value: derInt(t, s.bl)},
-		{Id: oidTeeSPL, Value: derInt(t, s.tee)},
-		{Id: oidSnpSPL, Value: derInt(t, s.snp)},
-		{Id: oidUcodeSPL, Value: derInt(t, s.ucode)},
+		{Id: oidStructVersion, Value: testDERInt(t, 1)},
+		{Id: oidProductName, Value: testDERIA5(t, name)},
+		{Id: oidBlSPL, Value: testDERInt(t, s.bl)},
+		{Id: oidTeeSPL, Value: testDERInt(t, s.tee)},
+		{Id: oidSnpSPL, Value: testDERInt(t, s.snp)},
+		{Id: oidUcodeSPL, Value: testDERInt(t, s.ucode)},
 		{Id: oidHWID, Value: hwid},
 	}
 	if s.product == productTurin {
-		exts = append(exts, pkix.Extension{Id: oidFmcSPL, Value: derInt(t, s.fmc)})
+		exts = append(exts, pkix.Extension{Id: oidFmcSPL, Value: testDERInt(t, s.fmc)})
 	} else {
 		for _, oid := range []asn1.ObjectIdentifier{oidSpl4, oidSpl5, oidSpl6, oidSpl7} {
-			exts = append(exts, pkix.Extension{Id: oid, Value: derInt(t, 0)})
+			exts = append(exts, pkix.Extension{Id: oid, Value: testDERInt(t, 0)})
 		}
 	}
 	var out []pkix.Extension
@@ -232,11 +232,11 @@ func newTestVCEK(t testing.TB, s vcekSpec) *testVCEK {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:       big.NewInt(0),
-		Subject:            amdName("SEV-VCEK"),
+		Subject:            testAMDName("SEV-VCEK"),
 		NotBefore:          time.Now().Add(-time.Hour),
 		NotAfter:           time.Now().Add(7 * 365 * 24 * time.Hour),
 		SignatureAlgorithm: x509.SHA384WithRSAPSS,
-		ExtraExtensions:    vcekExtensions(t, s),
+		ExtraExtensions:    testVCEKExtensions(t, s),
 	}
 	return &testVCEK{cert: mustCert(t, tmpl, root.ask, &key.PublicKey, root.askKey), key: key, root: root}
 }
