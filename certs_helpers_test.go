@@ -267,6 +267,15 @@ type reportSpec struct {
 
 func buildTestReport(t testing.TB, key *ecdsa.PrivateKey, s reportSpec) []byte {
 	t.Helper()
+	raw, err := makeTestReport(key, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// makeTestReport is buildTestReport for goroutines that have no t.
+func makeTestReport(key *ecdsa.PrivateKey, s reportSpec) ([]byte, error) {
 	if s.version == 0 {
 		s.version = 2
 	}
@@ -286,17 +295,22 @@ func buildTestReport(t testing.TB, key *ecdsa.PrivateKey, s reportSpec) []byte {
 	copy(raw[0x1A0:], s.chipID[:])
 	le.PutUint64(raw[0x1E0:], s.tcb)
 	le.PutUint64(raw[0x1F0:], s.tcb)
-	signTestReport(t, key, raw)
-	return raw
+	return raw, signReportBytes(key, raw)
 }
 
 // signTestReport writes R and S, little-endian, over bytes [0, 0x2A0).
 func signTestReport(t testing.TB, key *ecdsa.PrivateKey, raw []byte) {
 	t.Helper()
+	if err := signReportBytes(key, raw); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func signReportBytes(key *ecdsa.PrivateKey, raw []byte) error {
 	digest := sha512.Sum384(raw[:signedPartSize])
 	r, s, err := ecdsa.Sign(rand.Reader, key, digest[:])
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	for i, n := range []*big.Int{r, s} {
 		be := n.FillBytes(make([]byte, 72))
@@ -304,6 +318,23 @@ func signTestReport(t testing.TB, key *ecdsa.PrivateKey, raw []byte) {
 			raw[signedPartSize+i*72+j] = be[71-j]
 		}
 	}
+	return nil
+}
+
+// signingDevice is a teeDevice test double: the firmware of a platform
+// whose VCEK is v, at TCB tcb.
+type signingDevice struct {
+	v        *testVCEK
+	tcb      uint64
+	hostData [32]byte
+	calls    atomic.Int64
+}
+
+func (d *signingDevice) Name() string   { return "test signing device" }
+func (d *signingDevice) Emulated() bool { return false }
+func (d *signingDevice) GetReport(ctx context.Context, reportData [64]byte) ([]byte, error) {
+	d.calls.Add(1)
+	return makeTestReport(d.v.key, reportSpec{tcb: d.tcb, chipID: testChipID, reportData: reportData, hostData: d.hostData})
 }
 
 // decodeTestReport fills the snpReport fields the certificate code reads,
