@@ -834,3 +834,38 @@ func TestCertCacheIsBounded(t *testing.T) {
 		t.Fatal("oldest entry not evicted")
 	}
 }
+
+// The example in the README's configuration section must be what it says.
+func TestREADMEConfigExample(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Skipf("no README: %v", err)
+	}
+	s := string(readme)
+	start, end := strings.Index(s, "<!-- SECTION:config -->"), strings.Index(s, "<!-- /SECTION:config -->")
+	if start < 0 || end < start {
+		t.Fatal("README has no configuration section")
+	}
+	var examples int
+	for _, line := range strings.Split(s[start:end], "\n") {
+		b64, ok := strings.CutPrefix(line, "skr -base64 ")
+		if !ok || strings.HasPrefix(b64, `"`) {
+			continue
+		}
+		examples++
+		args, err := parseSkrSideCarArgs(b64)
+		if err != nil {
+			t.Fatalf("README example: %v", err)
+		}
+		src, err := newCertSource(args.CertCache)
+		if err != nil {
+			t.Fatalf("README example certcache: %v", err)
+		}
+		if src.Kind != sourceAMD || src.Base != "https://kdsintf.amd.com" || src.Product != productMilan || args.Identity.ClientID == "" {
+			t.Fatalf("README example decodes to %+v, %+v", args, src)
+		}
+	}
+	if examples != 1 {
+		t.Fatalf("found %d base64 examples", examples)
+	}
+}
