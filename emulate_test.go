@@ -322,3 +322,32 @@ func BenchmarkStatus(b *testing.B) {
 		})
 	}
 }
+
+// TestAttestRawWithEmulator goes through the real server: the report it
+// hands out binds the runtime data and verifies with the emulated chain.
+func TestAttestRawWithEmulator(t *testing.T) {
+	dev := newTestEmulator(t, nil)
+	url, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{TEE: dev})
+	code, body := call(t, "POST", url+"/attest/raw", `{"runtime_data":"aGVsbG8="}`)
+	if code != http.StatusOK {
+		t.Fatalf("%d %v", code, body)
+	}
+	raw, err := hex.DecodeString(fmt.Sprint(body["report"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := parseReport(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ReportData != reportDataFor([]byte("hello")) {
+		t.Fatalf("REPORT_DATA %x is not sha256(runtime data) ‖ zeros", r.ReportData)
+	}
+	pc, err := dev.(platformCertSource).PlatformCerts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyWithGoSevGuest(t, raw, pc); err != nil {
+		t.Fatal(err)
+	}
+}
