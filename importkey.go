@@ -265,7 +265,7 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	if err := completeKeyMaterial(fl, plan, mat); err != nil {
 		return fail(err)
 	}
-	body, err := buildImportRequest(plan, mat.Key)
+	req, body, err := buildImportRequest(plan, mat.Key)
 	if err != nil {
 		return fail(err)
 	}
@@ -274,16 +274,13 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	putURL := importURL(plan)
 
 	if fl.DryRun {
-		printDryRun(stdout, plan, mat, putURL, tokenSource, body, policyJSON)
+		printDryRun(stdout, plan, mat, putURL, tokenSource, req, policyJSON)
 		return 0
 	}
 
 	written, err := writePendingFiles(mat.Files)
 	if err != nil {
 		return fail(err)
-	}
-	for _, f := range written {
-		fmt.Fprintf(stderr, "wrote %s to %s (mode 0600)\n", f.What, f.Path)
 	}
 	kid, err := putKey(ctx, env.Client, retry, putURL, token, body)
 	if err != nil {
@@ -297,6 +294,9 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 			err = fmt.Errorf("%w (kept the key files written by this run in case the import went through)", err)
 		}
 		return fail(err)
+	}
+	for _, f := range written {
+		fmt.Fprintf(stderr, "wrote %s to %s (mode 0600)\n", f.What, f.Path)
 	}
 	fmt.Fprintln(stdout, kid)
 	fmt.Fprintln(stdout, string(policyJSON))
@@ -747,11 +747,11 @@ func completeKeyMaterial(fl *importFlags, p *importPlan, m *importMaterial) erro
 	return nil
 }
 
-// buildImportRequest is the JSON body of the PUT.
-func buildImportRequest(p *importPlan, key any) ([]byte, error) {
+// buildImportRequest is the PUT's body, and its JSON.
+func buildImportRequest(p *importPlan, key any) (*importKeyRequest, []byte, error) {
 	k, err := jwkFromPrivateKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("encode the key as a JWK: %w", err)
+		return nil, nil, fmt.Errorf("encode the key as a JWK: %w", err)
 	}
 	// The vault names the key from the URL; a kid, use or alg of the
 	// local encoding must not travel.
@@ -766,10 +766,14 @@ func buildImportRequest(p *importPlan, key any) ([]byte, error) {
 	req.Attributes.Enabled = true
 	policy, err := marshalJSON(p.Policy)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req.ReleasePolicy = wireReleasePolicy{ContentType: "application/json; charset=utf-8", Data: b64url(policy)}
-	return marshalJSON(req)
+	body, err := marshalJSON(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &req, body, nil
 }
 
 // marshalJSON is json.Marshal without HTML escaping, so the policy bytes
@@ -788,10 +792,7 @@ func importURL(p *importPlan) string {
 	return "https://" + p.Vault + "/keys/" + url.PathEscape(p.KID) + "?api-version=" + url.QueryEscape(p.APIVersion)
 }
 
-// privateJWKFields hold key material; -dry-run shows their size only.
-var privateJWKFields = []string{"d", "p", "q", "dp", "dq", "qi", "k"}
-
-func printDryRun(w io.Writer, p *importPlan, m *importMaterial, putURL, tokenSource string, body, policyJSON []byte) {
+func printDryRun(w io.Writer, p *importPlan, m *importMaterial, putURL, tokenSource string, req *importKeyRequest, policyJSON []byte) {
 	fmt.Fprintln(w, "release policy:")
 	fmt.Fprintln(w, string(policyJSON))
 	fmt.Fprintln(w, "\nrequest (-dry-run: not sent; private key material redacted):")
@@ -799,7 +800,7 @@ func printDryRun(w io.Writer, p *importPlan, m *importMaterial, putURL, tokenSou
 	fmt.Fprintf(w, "Authorization: Bearer <%s, not shown>\n", tokenSource)
 	fmt.Fprintln(w, "Content-Type: application/json")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, string(redactedBody(body)))
+	fmt.Fprintln(w, string(redactedRequest(req)))
 	if m.Generated {
 		fmt.Fprintf(w, "\nthe %s key would be generated at import\n", p.KTY)
 	}
@@ -808,20 +809,21 @@ func printDryRun(w io.Writer, p *importPlan, m *importMaterial, putURL, tokenSou
 	}
 }
 
-func redactedBody(body []byte) []byte {
-	var v map[string]any
-	if json.Unmarshal(body, &v) != nil {
-		return []byte("<unprintable>")
-	}
-	if key, ok := v["key"].(map[string]any); ok {
-		for _, f := range privateJWKFields {
-			if s, ok := key[f].(string); ok {
-				key[f] = fmt.Sprintf("<redacted: %d base64url characters>", len(s))
-			}
+// redactedRequest is the body as sent, with the private JWK members
+// replaced by their length.
+func redactedRequest(req *importKeyRequest) []byte {
+	r := *req
+	for _, f := range []*string{&r.Key.D, &r.Key.P, &r.Key.Q, &r.Key.DP, &r.Key.DQ, &r.Key.QI, &r.Key.K} {
+		if *f != "" {
+			*f = fmt.Sprintf("<redacted: %d base64url characters>", len(*f))
 		}
 	}
-	out, _ := json.MarshalIndent(v, "", "  ")
-	return out
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	enc.Encode(r)
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
 // writePendingFiles creates each file exclusively with mode 0600. On an
