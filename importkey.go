@@ -193,6 +193,7 @@ type importPlan struct {
 	ClientID    string
 	Salt        []byte // for -out with RSA-HSM; nil = random
 	Label       string
+	Warnings    []string // worth saying, not worth refusing
 }
 
 // importMaterial is the private key to import and the files to write.
@@ -237,6 +238,9 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	plan, err := loadImportPlan(fl)
 	if err != nil {
 		return fail(err)
+	}
+	for _, w := range plan.Warnings {
+		fmt.Fprintf(stderr, "skr importkey: warning: %s\n", w)
 	}
 	mat, err := loadKeyMaterial(fl, plan)
 	if err != nil {
@@ -417,7 +421,7 @@ func planFromConfig(cfg *importKeyConfig) (*importPlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.Policy, err = buildReleasePolicy("https://"+maa, cfg.Claims, k.Claims); err != nil {
+	if p.Policy, err = buildReleasePolicy("https://"+maa, cfg.Claims, k.Claims, &p.Warnings); err != nil {
 		return nil, err
 	}
 	if d := cfg.KeyDerivation; d != nil {
@@ -466,7 +470,7 @@ func planKeyShape(p *importPlan, k importKeySpec) error {
 
 // buildReleasePolicy makes one anyOf entry per claims list, all with the
 // same authority.
-func buildReleasePolicy(authority string, top, underKey claimSets) (releasePolicy, error) {
+func buildReleasePolicy(authority string, top, underKey claimSets, warnings *[]string) (releasePolicy, error) {
 	sets := top
 	switch {
 	case len(top) > 0 && len(underKey) > 0:
@@ -487,9 +491,35 @@ func buildReleasePolicy(authority string, top, underKey claimSets) (releasePolic
 				return releasePolicy{}, fmt.Errorf("claims list %d, condition %d: %w", i+1, j+1, err)
 			}
 		}
+		if !hasClaim(set, hostDataClaim) {
+			*warnings = append(*warnings, fmt.Sprintf("claims list %d does not pin %s: any container group whose token satisfies the rest may get the key", i+1, hostDataClaim))
+		}
+		if hasClaimValue(set, hostDataClaim, `"`+strings.Repeat("0", 64)+`"`) {
+			*warnings = append(*warnings, fmt.Sprintf("claims list %d: %s is all zeros, the example's placeholder: put the digest of your policy (skr digest)", i+1, hostDataClaim))
+		}
 		pol.AnyOf = append(pol.AnyOf, policyAuthority{Authority: authority, AllOf: set})
 	}
 	return pol, nil
+}
+
+const hostDataClaim = "x-ms-sevsnpvm-hostdata"
+
+func hasClaim(set []releaseClaim, name string) bool {
+	for _, c := range set {
+		if c.Claim == name {
+			return true
+		}
+	}
+	return false
+}
+
+func hasClaimValue(set []releaseClaim, name, valueJSON string) bool {
+	for _, c := range set {
+		if c.Claim == name && string(bytes.TrimSpace(c.Equals)) == valueJSON {
+			return true
+		}
+	}
+	return false
 }
 
 func checkClaim(c releaseClaim) error {
@@ -505,8 +535,8 @@ func checkClaim(c releaseClaim) error {
 	}
 	switch v := v.(type) {
 	case string:
-		if c.Claim == "x-ms-sevsnpvm-hostdata" && !lowerHex64.MatchString(v) {
-			return fmt.Errorf("x-ms-sevsnpvm-hostdata %q is not 64 lower-case hex digits: compute it with skr digest -f POLICY.base64", v)
+		if c.Claim == hostDataClaim && !lowerHex64.MatchString(v) {
+			return fmt.Errorf("%s %q is not 64 lower-case hex digits: compute it with skr digest -f POLICY.base64", hostDataClaim, v)
 		}
 	case bool, float64:
 	default:
