@@ -763,6 +763,9 @@ func completeKeyMaterial(fl *importFlags, p *importPlan, m *importMaterial) erro
 		switch {
 		case strings.HasSuffix(f.Path, ".derived.hex"):
 			f.Content = []byte(hex.EncodeToString(m.Derived) + "\n")
+			// Salt and label are public; whoever gets the RSA key released
+			// needs them to derive the same key.
+			f.What = fmt.Sprintf("the key derived from the RSA private exponent (hex; HKDF-SHA256, salt %x, label %q)", p.Salt, p.Label)
 		case strings.HasSuffix(f.Path, ".hex"):
 			f.Content = []byte(hex.EncodeToString(m.Key.([]byte)) + "\n")
 		default:
