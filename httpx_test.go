@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestDecodeBase64AcceptsEveryVariant(t *testing.T) {
+	data := []byte{0xfb, 0xff, 0xfe, 0x01, 0x02} // has + / and - _ in its encodings
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		s := enc.EncodeToString(data)
+		got, err := decodeBase64(s)
+		if err != nil || string(got) != string(data) {
+			t.Errorf("decodeBase64(%q) = %x, %v", s, got, err)
+		}
+	}
+}
+
+func TestDecodeBase64Rejects(t *testing.T) {
+	for _, s := range []string{"a", "!!!!", "ab+_", "YW=Jj", "Y W J j"} {
+		if got, err := decodeBase64(s); err == nil {
+			t.Errorf("decodeBase64(%q) = %x, want an error", s, got)
+		}
+	}
+}
+
+func TestNormalizeEndpoint(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"sharedeus.eus.attest.azure.net", "sharedeus.eus.attest.azure.net", true},
+		{"https://myvault.vault.azure.net", "myvault.vault.azure.net", true},
+		{"https://myvault.vault.azure.net/", "myvault.vault.azure.net", true},
+		{"MyHSM.managedhsm.azure.net", "myhsm.managedhsm.azure.net", true},
+		{"127.0.0.1:8443", "127.0.0.1:8443", true},
+		{" localhost:443 ", "localhost:443", true},
+		{"http://myvault.vault.azure.net", "", false},
+		{"ftp://x", "", false},
+		{"https://user@host", "", false},
+		{"host/path", "", false},
+		{"host?x=1", "", false},
+		{"host:99999", "", false},
+		{"", "", false},
+		{"https://", "", false},
+	}
+	for _, tc := range tests {
+		got, err := normalizeEndpoint("maa_endpoint", tc.in)
+		if tc.ok && (err != nil || got != tc.want) {
+			t.Errorf("normalizeEndpoint(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		if !tc.ok {
+			if err == nil {
+				t.Errorf("normalizeEndpoint(%q) = %q, want an error", tc.in, got)
+			} else if statusFor(err) != http.StatusBadRequest {
+				t.Errorf("normalizeEndpoint(%q) status %d, want 400", tc.in, statusFor(err))
+			}
+		}
+	}
+}
+
+func TestDecodeRequestJSON(t *testing.T) {
+	var v attestRequest
+	tests := []struct {
+		body string
+		ok   bool
+	}{
+		{`{"runtime_data":"YWJj"}`, true},
+		{`{"runtime_data":"YWJj","unknown":1}`, true},
+		{`{"runtime_data":"YWJj"} {}`, false},
+		{`{"runtime_data":`, false},
+		{`[]`, false},
+		{`{"runtime_data":5}`, false},
+		{``, false},
+		{`   `, false},
+		{`{"runtime_data":"` + strings.Repeat("A", maxRequestBody) + `"}`, false},
+	}
+	for _, tc := range tests {
+		err := decodeRequestJSON([]byte(tc.body), &v)
+		if (err == nil) != tc.ok {
+			t.Errorf("decodeRequestJSON(%.40q) err = %v, want ok=%v", tc.body, err, tc.ok)
+		}
+		if err != nil && statusFor(err) != http.StatusBadRequest {
+			t.Errorf("decodeRequestJSON(%.40q) status = %d, want 400", tc.body, statusFor(err))
+		}
+	}
+}
+
+func FuzzDecodeAttestRequest(f *testing.F) {
+	for _, s := range []string{`{"runtime_data":"YWJj"}`, `{"runtime_data":"YW-_"}`, `{}`, `{"runtime_data":null}`, `nul`, "{\"runtime_data\":\"\xff\"}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req attestRequest
+		if err := decodeRequestJSON(body, &req); err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for a bad body", statusFor(err))
+			}
+			return
+		}
+		if rd, err := requiredBase64("runtime_data", req.RuntimeData); err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for bad runtime data", statusFor(err))
+			}
+		} else if len(rd) > len(body) {
+			t.Fatalf("decoded %d bytes from a %d-byte body", len(rd), len(body))
+		}
+	})
+}
+
+func TestStatusFor(t *testing.T) {
+	tests := []struct {
+		err  error
+		want int
+	}{
+		{newAPIError(http.StatusServiceUnavailable, nil, "x"), 503},
+		{fmt.Errorf("wrapped: %w", newAPIError(http.StatusBadRequest, nil, "x")), 400},
+		{&upstreamError{Service: "Key Vault", StatusCode: 401}, 403},
+		{&upstreamError{Service: "Key Vault", StatusCode: 403}, 403},
+		{&upstreamError{Service: "MAA", StatusCode: 500}, 502},
+		{&upstreamError{Service: "MAA", StatusCode: 404}, 502},
+		{fmt.Errorf("MAA: %w", context.DeadlineExceeded), 504},
+		{errors.New("boom"), 500},
+	}
+	for _, tc := range tests {
+		if got := statusFor(tc.err); got != tc.want {
+			t.Errorf("statusFor(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestParseUpstreamError(t *testing.T) {
+	ue := parseUpstreamError("Key Vault", 404, []byte(`{"error":{"code":"KeyNotFound","message":"A key with (name/id) k1 was not found"}}`))
+	if ue.Code != "KeyNotFound" || !strings.Contains(ue.Error(), "k1 was not found") || !strings.Contains(ue.Error(), "HTTP 404") {
+		t.Errorf("nested shape: %+v / %v", ue, ue)
+	}
+	ue = parseUpstreamError("IMDS", 400, []byte(`{"error":"invalid_resource","error_description":"bad resource"}`))
+	if ue.Code != "invalid_resource" || ue.Message != "bad resource" {
+		t.Errorf("flat shape: %+v", ue)
+	}
+	ue = parseUpstreamError("AMD KDS", 502, []byte("<html>bad gateway</html>"))
+	if !strings.Contains(ue.Error(), "bad gateway") {
+		t.Errorf("raw body: %v", ue)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"3", 3 * time.Second},
+		{"-1", 0},
+		{"soon", 0},
+		{now.Add(7 * time.Second).Format(http.TimeFormat), 7 * time.Second},
+		{now.Add(-7 * time.Second).Format(http.TimeFormat), 0},
+	}
+	for _, tc := range tests {
+		if got := parseRetryAfter(tc.in, now); got != tc.want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// flakyServer answers with the given statuses in order, then 200 "ok".
+func flakyServer(t *testing.T, statuses []int, header http.Header) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := int(calls.Add(1)) - 1
+		if n < len(statuses) {
+			for k, v := range header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(statuses[n])
+			fmt.Fprintf(w, `{"error":{"code":"Busy%d","message":"try later"}}`, n)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &calls
+}
+
+func getter(url string) func(context.Context) (*http.Request, error) {
+	return func(ctx context.Context) (*http.Request, error) {
+		return http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	}
+}
+
+func TestDoWithRetry(t *testing.T) {
+	fast := retryPolicy{Attempts: 4, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond}
+	tests := []struct {
+		name      string
+		statuses  []int
+		wantCalls int32
+		wantErr   bool
+		wantCode  int
+	}{
+		{"first try", nil, 1, false, 0},
+		{"500 then 200", []int{500}, 2, false, 0},
+		{"429 and 503 then 200", []int{429, 503}, 3, false, 0},
+		{"408 retried", []int{408}, 2, false, 0},
+		{"404 is final", []int{404}, 1, true, 404},
+		{"401 is final", []int{401}, 1, true, 401},
+		{"gives up after attempts", []int{500, 500, 500, 500, 500}, 4, true, 500},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, calls := flakyServer(t, tc.statuses, nil)
+			body, _, err := doWithRetry(context.Background(), srv.Client(), "test", fast, nil, getter(srv.URL))
+			if calls.Load() != tc.wantCalls {
+				t.Errorf("calls = %d, want %d", calls.Load(), tc.wantCalls)
+			}
+			if tc.wantErr {
+				var ue *upstreamError
+				if !errors.As(err, &ue) || ue.StatusCode != tc.wantCode {
+					t.Fatalf("err = %v, want upstreamError %d", err, tc.wantCode)
+				}
+				return
+			}
+			if err != nil || string(body) != "ok" {
+				t.Fatalf("body %q, err %v", body, err)
+			}
+		})
+	}
+}
+
+func TestDoWithRetryHonoursRetryAfter(t *testing.T) {
+	srv, calls := flakyServer(t, []int{429}, http.Header{"Retry-After": {"1"}})
+	p := retryPolicy{Attempts: 2, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Second}
+	start := time.Now()
+	if _, _, err := doWithRetry(context.Background(), srv.Client(), "test", p, nil, getter(srv.URL)); err != nil {
+		t.Fatal(err)
+	}
+	// The jittered backoff alone would be about a millisecond: waiting a
+	// second or more is only explained by Retry-After.
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("retried after %v, before the 1 s the server asked for", waited)
+	}
+	if calls.Load() != 2 {
+		t.Errorf("calls = %d", calls.Load())
+	}
+}
+
+func TestDoWithRetryStopsAtDeadline(t *testing.T) {
+	srv, _ := flakyServer(t, []int{503, 503, 503, 503, 503, 503}, http.Header{"Retry-After": {"30"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	p := retryPolicy{Attempts: 6, BaseDelay: time.Millisecond, MaxDelay: time.Minute}
+	_, _, err := doWithRetry(ctx, srv.Client(), "test", p, nil, getter(srv.URL))
+	if !errors.Is(err, context.DeadlineExceeded) || statusFor(err) != http.StatusGatewayTimeout {
+		t.Fatalf("err = %v (status %d), want a deadline → 504", err, statusFor(err))
+	}
+}
+
+func TestDoWithRetryRetriesNetworkErrors(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close() // connection refused from now on
+	p := retryPolicy{Attempts: 3, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond}
+	_, _, err := doWithRetry(context.Background(), http.DefaultClient, "test", p, nil, getter(url))
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("err = %v, want connection refused", err)
+	}
+}
+
+func TestBackoffIsBoundedAndJittered(t *testing.T) {
+	p := retryPolicy{BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second}
+	seen := map[time.Duration]bool{}
+	for attempt := 1; attempt <= 10; attempt++ {
+		for range 20 {
+			d := backoff(p, attempt, 0)
+			if d <= 0 || d > time.Second {
+				t.Fatalf("backoff(%d) = %v", attempt, d)
+			}
+			seen[d] = true
+		}
+	}
+	if len(seen) < 10 {
+		t.Errorf("backoff shows no jitter: %v", seen)
+	}
+	if d := backoff(p, 1, time.Hour); d != time.Second {
+		t.Errorf("Retry-After is not capped: %v", d)
+	}
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseServeFlags(t *testing.T) {
+	args := base64.StdEncoding.EncodeToString([]byte(`{"certcache":{"endpoint_type":"AMD","endpoint":"kdsintf.amd.com"},"identity":{"client_id":"abc"}}`))
+	tests := []struct {
+		name  string
+		argv  []string
+		env   map[string]string
+		check func(t *testing.T, c *serverConfig)
+		err   string
+	}{
+		{name: "defaults", check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 8080 || c.LogLevel != slog.LevelWarn || c.Emulate || c.WrappingKeyTTL != 5*time.Minute || c.LogFile != "" {
+				t.Errorf("defaults: %+v", c)
+			}
+		}},
+		{name: "flags", argv: []string{"-port", "9000", "-loglevel", "trace", "-emulate", "-wrapping-key-ttl", "0", "-base64", args}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9000 || c.LogLevel != levelTrace || !c.Emulate || c.WrappingKeyTTL != 0 || c.Args.Identity.ClientID != "abc" {
+				t.Errorf("flags: %+v", c)
+			}
+		}},
+		{name: "environment", env: map[string]string{"Port": "9001", "LogLevel": "debug", "SKR_EMULATE": "1", "SkrSideCarArgs": args, "SKR_WRAPPING_KEY_TTL": "90s", "LogFile": "/tmp/x.log"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9001 || c.LogLevel != slog.LevelDebug || !c.Emulate || c.WrappingKeyTTL != 90*time.Second || c.Args.CertCache.EndpointType != "AMD" || c.LogFile != "/tmp/x.log" {
+				t.Errorf("env: %+v", c)
+			}
+		}},
+		{name: "flag beats environment", argv: []string{"-port", "9002"}, env: map[string]string{"Port": "9001"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9002 {
+				t.Errorf("port %d", c.Port)
+			}
+		}},
+		{name: "skr.sh positional arguments", argv: []string{args, "9003"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9003 || c.Args.Identity.ClientID != "abc" {
+				t.Errorf("positional: %+v", c)
+			}
+		}},
+		{name: "environment beats positional", argv: []string{"", "9003"}, env: map[string]string{"Port": "9004"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9004 {
+				t.Errorf("port %d", c.Port)
+			}
+		}},
+		{name: "bad level", argv: []string{"-loglevel", "loud"}, err: "unknown log level"},
+		{name: "bad port", env: map[string]string{"Port": "http"}, err: "not a number"},
+		{name: "port range", argv: []string{"-port", "70000"}, err: "out of range"},
+		{name: "bad base64", argv: []string{"-base64", "%%%"}, err: "not standard base64"},
+		{name: "bad json", argv: []string{"-base64", base64.StdEncoding.EncodeToString([]byte("{"))}, err: "not the expected JSON"},
+		{name: "bad endpoint type", argv: []string{"-base64", base64.StdEncoding.EncodeToString([]byte(`{"certcache":{"endpoint_type":"Other"}}`))}, err: "endpoint_type"},
+		{name: "bad ttl", env: map[string]string{"SKR_WRAPPING_KEY_TTL": "5"}, err: "duration"},
+		{name: "negative ttl", argv: []string{"-wrapping-key-ttl", "-1s"}, err: "negative"},
+		{name: "bad emulate", env: map[string]string{"SKR_EMULATE": "maybe"}, err: "boolean"},
+		{name: "unknown flag", argv: []string{"-bogus"}, err: "not defined"},
+		{name: "too many arguments", argv: []string{"a", "1", "x"}, err: "too many"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseServeFlags(tc.argv, envOf(tc.env), io.Discard)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestLogLevelsRoundTrip(t *testing.T) {
+	for _, name := range []string{"trace", "debug", "info", "warning", "error", "fatal", "panic"} {
+		l, err := parseLogLevel(name)
+		if err != nil || levelName(l) != name {
+			t.Errorf("%s → %v → %s (%v)", name, l, levelName(l), err)
+		}
+	}
+}
+
+func TestLoggerUsesUpstreamLevelNames(t *testing.T) {
+	var buf bytes.Buffer
+	log := newLogger(&buf, levelTrace)
+	log.Log(t.Context(), levelTrace, "hello")
+	log.Warn("careful")
+	if !strings.Contains(buf.String(), "level=trace") || !strings.Contains(buf.String(), "level=warning") {
+		t.Errorf("log: %s", buf.String())
+	}
+}
+
+// noDevice is a server with no guest interface: the state of a machine
+// without SEV-SNP that was not told to emulate.
+func startNoDeviceServer(t *testing.T) (string, *syncBuffer) {
+	t.Helper()
+	return startTestServer(t, serverConfig{}, serverOptions{})
+}
+
+func TestServerWithoutDevice(t *testing.T) {
+	base, logs := startNoDeviceServer(t)
+	status, body := call(t, "GET", base+"/status", "")
+	if status != 200 || body["message"] != "Status OK" || body["tee"] != "none" || body["emulated"] != false {
+		t.Fatalf("/status = %d %v", status, body)
+	}
+	if msg, _ := body["tee_error"].(string); !strings.Contains(msg, "-emulate") {
+		t.Errorf("/status tee_error does not point at -emulate: %q", msg)
+	}
+	for _, path := range []string{"/attest/raw", "/attest/combined"} {
+		status, body := call(t, "POST", base+path, `{"runtime_data":"YWJj"}`)
+		msg, _ := body["error"].(string)
+		if status != http.StatusServiceUnavailable || !strings.Contains(msg, "-emulate") || !strings.Contains(msg, "/dev/sev-guest") {
+			t.Errorf("%s = %d %q, want 503 naming the paths and -emulate", path, status, msg)
+		}
+	}
+	if !strings.Contains(logs.String(), "no SEV-SNP guest interface") {
+		t.Errorf("start-up log does not say there is no device:\n%s", logs)
+	}
+}
+
+func TestServerRejectsBadRequests(t *testing.T) {
+	base, _ := startNoDeviceServer(t)
+	big := `{"runtime_data":"` + strings.Repeat("A", maxRequestBody+10) + `"}`
+	tests := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"unknown path", "GET", "/nope", "", 404},
+		{"unknown nested path", "POST", "/attest/other", "{}", 404},
+		{"wrong method on status", "POST", "/status", "{}", 405},
+		{"wrong method on raw", "GET", "/attest/raw", "", 405},
+		{"wrong method on release", "PUT", "/key/release", "{}", 405},
+		{"malformed JSON", "POST", "/attest/raw", `{"runtime_data":`, 400},
+		{"not an object", "POST", "/attest/combined", `"YWJj"`, 400},
+		{"missing field", "POST", "/attest/raw", `{}`, 400},
+		{"bad base64", "POST", "/attest/raw", `{"runtime_data":"@@@@"}`, 400},
+		{"empty body", "POST", "/attest/combined", ``, 400},
+		{"body over 1 MiB", "POST", "/attest/raw", big, 400},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := call(t, tc.method, base+tc.path, tc.body)
+			if status != tc.want {
+				t.Errorf("status = %d, want %d (%v)", status, tc.want, body)
+			}
+			if msg, _ := body["error"].(string); msg == "" {
+				t.Errorf("no error message: %v", body)
+			}
+		})
+	}
+}
+
+func TestServerListensOnLoopbackOnly(t *testing.T) {
+	ls, err := listenLoopback(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		defer l.Close()
+		addr := l.Addr().String()
+		if !strings.HasPrefix(addr, "127.0.0.1:") && !strings.HasPrefix(addr, "[::1]:") {
+			t.Errorf("listening on %s", addr)
+		}
+	}
+}
+
+func TestServeDrainsAndStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	opts := serverOptions{Getenv: envOf(nil), SecurityContextRoot: t.TempDir()}
+	go func() { done <- serve(ctx, serverConfig{}, newLogger(io.Discard, slog.LevelWarn), opts, ready) }()
+	addr := <-ready
+	if status, _ := call(t, "GET", "http://"+addr+"/status", ""); status != 200 {
+		t.Fatalf("status %d", status)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve returned %v after cancel", err)
+		}
+	case <-time.After(shutdownGrace + 2*time.Second):
+		t.Fatal("serve did not return after cancel")
+	}
+	if _, err := http.Get("http://" + addr + "/status"); err == nil {
+		t.Error("server still answers after shutdown")
+	}
+}
