@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -298,4 +301,62 @@ func mapsEqual(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// The attestation client against the real server with the emulator: the
+// files hold a report bound to the runtime data and its certificates.
+func TestAttestClientAgainstEmulatedServer(t *testing.T) {
+	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{})
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := attestClientMain([]string{"-once", "-addr", base, "-out", out}, &stdout, &stderr, envMap(map[string]string{envAttestRuntimeData: seedRuntimeData}))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	runtimeData, _ := base64.StdEncoding.DecodeString(seedRuntimeData)
+	wantRD := sha256.Sum256(runtimeData)
+
+	var raw struct{ Report string }
+	if err := json.Unmarshal([]byte(readOut(t, out, outRaw, 0o644)), &raw); err != nil {
+		t.Fatal(err)
+	}
+	report, err := hex.DecodeString(raw.Report)
+	if err != nil || len(report) != 1184 || !bytes.Equal(report[0x50:0x70], wantRD[:]) {
+		t.Fatalf("raw.out report (%d bytes, %v) is not bound to the runtime data", len(report), err)
+	}
+
+	var combined struct {
+		Evidence     string `json:"evidence"`
+		Endorsements string `json:"endorsements"`
+	}
+	if err := json.Unmarshal([]byte(readOut(t, out, outCombined, 0o644)), &combined); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := base64.StdEncoding.DecodeString(combined.Evidence)
+	chain, _ := base64.StdEncoding.DecodeString(combined.Endorsements)
+	if len(ev) != 1184 || !bytes.Equal(ev[0x50:0x70], wantRD[:]) {
+		t.Errorf("combined.out evidence is not a report bound to the runtime data")
+	}
+	if n := strings.Count(string(chain), "-----BEGIN CERTIFICATE-----"); n != 3 {
+		t.Errorf("combined.out endorsements hold %d certificates, want VCEK, ASK, ARK", n)
+	}
+}
+
+// The release client against the real server when the release cannot
+// succeed: exit 1, and the server's error answer kept in keyrelease.out.
+func TestReleaseClientAgainstServerFailure(t *testing.T) {
+	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{})
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := releaseClientMain([]string{"-once", "-addr", base, "-out", out, "127.0.0.1:1", "127.0.0.1:1", "k1"}, &stdout, &stderr, envMap(nil))
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; stderr %s", code, stderr.String())
+	}
+	var ans map[string]string
+	if err := json.Unmarshal([]byte(readOut(t, out, outKeyRelease, 0o600)), &ans); err != nil || ans["error"] == "" {
+		t.Fatalf("keyrelease.out is not the server's error answer: %v %v", ans, err)
+	}
+	if !strings.Contains(stderr.String(), ans["error"][:min(len(ans["error"]), 40)]) {
+		t.Errorf("stderr %q does not carry the server's error", stderr.String())
+	}
 }

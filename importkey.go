@@ -204,6 +204,17 @@ type importMaterial struct {
 	Derived   []byte // the symmetric key derived from RSA d, for -out
 }
 
+// wipe clears the symmetric key material held in memory.
+func (m *importMaterial) wipe() {
+	if k, ok := m.Key.([]byte); ok {
+		clear(k)
+	}
+	clear(m.Derived)
+	for _, f := range m.Files {
+		clear(f.Content)
+	}
+}
+
 // pendingFile is a file to be created with mode 0600, never overwritten.
 type pendingFile struct {
 	Path    string
@@ -246,7 +257,7 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	if err != nil {
 		return fail(err)
 	}
-	if err := plannedFilesAbsent(fl, plan, mat); err != nil {
+	if err := plannedFilesAbsent(mat); err != nil {
 		return fail(err)
 	}
 	if !fl.DryRun && !fl.Azure && plan.BearerToken == "" {
@@ -269,6 +280,7 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	if err := completeKeyMaterial(fl, plan, mat); err != nil {
 		return fail(err)
 	}
+	defer mat.wipe()
 	req, body, err := buildImportRequest(plan, mat.Key)
 	if err != nil {
 		return fail(err)
@@ -601,7 +613,7 @@ func loadKeyMaterial(fl *importFlags, p *importPlan) (*importMaterial, error) {
 
 // plannedFilesAbsent refuses to run when a file it would write exists: a
 // key file is never overwritten.
-func plannedFilesAbsent(fl *importFlags, p *importPlan, m *importMaterial) error {
+func plannedFilesAbsent(m *importMaterial) error {
 	for _, f := range m.Files {
 		if _, err := os.Lstat(f.Path); err == nil {
 			return fmt.Errorf("%s already exists: move it away or choose another -keydir (key files are never overwritten)", f.Path)
