@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -270,7 +271,7 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	if fl.Azure {
 		tokenSource = "managed identity (-a)"
 		if !fl.DryRun {
-			tp := newTokenProvider(tokenConfig{IdentityClientID: plan.ClientID, Getenv: env.Getenv, Client: env.Client})
+			tp := newTokenProvider(tokenConfig{IdentityClientID: plan.ClientID, Getenv: env.Getenv, Client: env.Client, Log: slog.New(slog.DiscardHandler)})
 			if token, tokenSource, err = tp.Token(ctx, plan.Vault); err != nil {
 				return fail(fmt.Errorf("get a bearer token for %s: %w", plan.Vault, err))
 			}
@@ -286,7 +287,7 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 		return fail(err)
 	}
 	defer clear(body)
-	policyJSON, _ := json.MarshalIndent(plan.Policy, "", "  ")
+	policyJSON := prettyJSON(plan.Policy)
 	putURL := importURL(plan)
 
 	if fl.DryRun {
@@ -863,11 +864,16 @@ func redactedRequest(req *importKeyRequest) []byte {
 			*f = fmt.Sprintf("<redacted: %d base64url characters>", len(*f))
 		}
 	}
+	return prettyJSON(r)
+}
+
+// prettyJSON indents v for people, without HTML escaping.
+func prettyJSON(v any) []byte {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	enc.SetIndent("", "  ")
-	enc.Encode(r)
+	enc.Encode(v)
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
