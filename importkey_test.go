@@ -540,9 +540,9 @@ func TestImportGeneratedECKey(t *testing.T) {
 	}
 }
 
-// imdsStandIn answers like IMDS: GET, Metadata: true, a client_id and a
+// importIMDSStandIn answers like IMDS: GET, Metadata: true, a client_id and a
 // Key Vault resource; every number a string.
-func imdsStandIn(t *testing.T, clientID, token string) (string, *atomic.Int32) {
+func importIMDSStandIn(t *testing.T, clientID, token string) (string, *atomic.Int32) {
 	var n atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n.Add(1)
@@ -565,7 +565,7 @@ func imdsStandIn(t *testing.T, clientID, token string) (string, *atomic.Int32) {
 func TestImportWithManagedIdentityToken(t *testing.T) {
 	v := newVaultStandIn(t, "mi-key")
 	v.token = "token-from-imds"
-	imds, calls := imdsStandIn(t, "11111111-2222-3333-4444-555555555555", v.token)
+	imds, calls := importIMDSStandIn(t, "11111111-2222-3333-4444-555555555555", v.token)
 	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM", NoToken: true})
 	getenv := envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds})
 	code, out, errOut := runImport(t, v, getenv, "-a", "-c", cfg, "-kh", strings.Repeat("ab", 32), "-keydir", t.TempDir())
@@ -582,7 +582,7 @@ func TestImportDryRunSendsAndWritesNothing(t *testing.T) {
 	rsaKey, _ := testKeys(t)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	pemFile := writeTempFile(t, "key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))
-	imds, imdsCalls := imdsStandIn(t, "11111111-2222-3333-4444-555555555555", "imds-token")
+	imds, imdsCalls := importIMDSStandIn(t, "11111111-2222-3333-4444-555555555555", "imds-token")
 	getenv := envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds})
 	octHex := strings.Repeat("cd", 32)
 	for _, tc := range []struct {
