@@ -1,22 +1,76 @@
 package main
 
-// JOSE by hand on crypto/*: base64url, compact JWS, JWT time checks, JWK.
-//
-// STUB: owned by the "jose" helper; signatures are the contract.
+// JOSE by hand on crypto/*: base64url, compact JWS (RFC 7515) with the RSA
+// and ECDSA algorithms of RFC 7518, JWT time claims (RFC 7519), and JWK
+// (RFC 7517) with RFC 7638 thumbprints.
 
 import (
+	"bytes"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	_ "crypto/sha512" // SHA-384 and SHA-512 for RS/PS/ES384 and 512
+	"encoding/asn1"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"slices"
+	"strings"
 	"time"
 )
+
+// maxJWSSize bounds a compact JWS we parse; the largest legitimate ones
+// (Key Vault release answers with an x5c chain and a wrapped RSA-4096 key)
+// are tens of KiB.
+const maxJWSSize = 1 << 20
+
+// maxJWKSize bounds a JWK we parse; an RSA-4096 private JWK is about 3.3 KiB.
+const maxJWKSize = 64 << 10
+
+// minRSABits is the smallest RSA modulus we accept a signature from.
+const minRSABits = 2048
 
 // b64url encodes without padding, as JOSE wants.
 func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-// b64urlDecode decodes base64url with or without padding.
-func b64urlDecode(s string) ([]byte, error) { return nil, errors.New("stub") }
+// b64urlDecode decodes base64url with or without padding. Unlike the
+// encoding/base64 decoders it refuses line breaks, and it refuses the
+// standard alphabet's '+' and '/' and non-canonical trailing bits, so one
+// value has exactly one accepted spelling (besides padding).
+func b64urlDecode(s string) ([]byte, error) {
+	unpadded := strings.TrimRight(s, "=")
+	for i := 0; i < len(unpadded); i++ {
+		if !isB64URLChar(unpadded[i]) {
+			return nil, fmt.Errorf("base64url: invalid character %q at offset %d", unpadded[i], i)
+		}
+	}
+	if len(unpadded) != len(s) {
+		// Padding, when present, must be exactly what the length calls for.
+		if len(s)%4 != 0 || len(s)-len(unpadded) > 2 {
+			return nil, errors.New("base64url: bad padding")
+		}
+		b, err := base64.URLEncoding.Strict().DecodeString(s)
+		if err != nil {
+			return nil, fmt.Errorf("base64url: %w", err)
+		}
+		return b, nil
+	}
+	b, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	if err != nil {
+		return nil, fmt.Errorf("base64url: %w", err)
+	}
+	return b, nil
+}
+
+func isB64URLChar(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+}
 
 // jwsHeader is the protected header fields skr reads.
 type jwsHeader struct {
@@ -37,24 +91,330 @@ type parsedJWS struct {
 	Signature    []byte
 }
 
-// parseJWS splits and decodes a compact JWS (untrusted input).
-func parseJWS(compact string) (*parsedJWS, error) { return nil, errors.New("stub") }
+// parseJWS splits and decodes a compact JWS (untrusted input). Nothing in
+// the result is trustworthy until verify succeeds.
+func parseJWS(compact string) (*parsedJWS, error) {
+	if len(compact) > maxJWSSize {
+		return nil, fmt.Errorf("JWS is larger than %d bytes", maxJWSSize)
+	}
+	parts := strings.Split(compact, ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("JWS has %d parts, want 3 (header.payload.signature)", len(parts))
+	}
+	rawHeader, err := b64urlDecode(parts[0])
+	if err != nil {
+		return nil, fmt.Errorf("JWS header: %w", err)
+	}
+	header, err := parseJWSHeader(rawHeader)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := b64urlDecode(parts[1])
+	if err != nil {
+		return nil, fmt.Errorf("JWS payload: %w", err)
+	}
+	sig, err := b64urlDecode(parts[2])
+	if err != nil {
+		return nil, fmt.Errorf("JWS signature: %w", err)
+	}
+	return &parsedJWS{
+		Header:       header,
+		RawHeader:    rawHeader,
+		Payload:      payload,
+		SigningInput: parts[0] + "." + parts[1],
+		Signature:    sig,
+	}, nil
+}
+
+// parseJWSHeader decodes the protected header and refuses what we cannot
+// honour: no alg, or any critical extension (we implement none, and RFC 7515
+// §4.1.11 says a recipient that does not understand one must reject).
+func parseJWSHeader(raw []byte) (jwsHeader, error) {
+	var h jwsHeader
+	if err := decodeJSONObject(raw, &h); err != nil {
+		return h, fmt.Errorf("JWS header: %w", err)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &members); err != nil {
+		return h, fmt.Errorf("JWS header: %w", err)
+	}
+	if h.Alg == "" {
+		return h, errors.New(`JWS header has no "alg"`)
+	}
+	if crit, ok := members["crit"]; ok {
+		return h, fmt.Errorf("JWS header has critical extensions %s, which skr does not implement", truncate(string(crit), 100))
+	}
+	return h, nil
+}
+
+// decodeJSONObject decodes exactly one JSON object, nothing before or after.
+func decodeJSONObject(b []byte, v any) error {
+	trimmed := bytes.TrimSpace(b)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return errors.New("not a JSON object")
+	}
+	return json.Unmarshal(trimmed, v)
+}
+
+// jwsAlg describes one signature algorithm of RFC 7518 §3.
+type jwsAlg struct {
+	hash  crypto.Hash
+	kind  string         // "RS" (PKCS#1 v1.5), "PS" (PSS) or "ES" (ECDSA)
+	curve elliptic.Curve // ES only
+}
+
+var jwsAlgs = map[string]jwsAlg{
+	"RS256": {crypto.SHA256, "RS", nil},
+	"RS384": {crypto.SHA384, "RS", nil},
+	"RS512": {crypto.SHA512, "RS", nil},
+	"PS256": {crypto.SHA256, "PS", nil},
+	"PS384": {crypto.SHA384, "PS", nil},
+	"PS512": {crypto.SHA512, "PS", nil},
+	"ES256": {crypto.SHA256, "ES", elliptic.P256()},
+	"ES384": {crypto.SHA384, "ES", elliptic.P384()},
+	"ES512": {crypto.SHA512, "ES", elliptic.P521()},
+}
+
+// lookupJWSAlg refuses "none", HMAC and anything else not in jwsAlgs.
+func lookupJWSAlg(alg string) (jwsAlg, error) {
+	a, ok := jwsAlgs[alg]
+	if !ok {
+		return a, fmt.Errorf("JWS algorithm %q is not supported (want RS256/384/512, PS256/384/512 or ES256/384/512)", alg)
+	}
+	return a, nil
+}
+
+func (a jwsAlg) digest(signingInput string) []byte {
+	h := a.hash.New()
+	h.Write([]byte(signingInput))
+	return h.Sum(nil)
+}
 
 // verify checks the signature with pub; alg must be one of allowed
 // (RS256, PS256, ES256, ES384, ...); "none" is always refused.
+// The header's alg picks the algorithm only after it passes allowed, so a
+// token cannot talk us into a weaker or different scheme than the caller
+// expects for that key.
 func (j *parsedJWS) verify(pub crypto.PublicKey, allowed ...string) error {
-	return errors.New("stub")
+	alg := j.Header.Alg
+	if alg == "none" || alg == "" {
+		return errors.New("JWS is unsigned (alg none): refused")
+	}
+	if !slices.Contains(allowed, alg) {
+		return fmt.Errorf("JWS algorithm %q is not allowed here (allowed: %s)", alg, strings.Join(allowed, ", "))
+	}
+	a, err := lookupJWSAlg(alg)
+	if err != nil {
+		return err
+	}
+	if err := checkKeyFitsAlg(pub, alg, a); err != nil {
+		return err
+	}
+	digest := a.digest(j.SigningInput)
+	switch a.kind {
+	case "RS":
+		err = rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), a.hash, digest, j.Signature)
+	case "PS":
+		// RFC 7518 §3.5 says the salt is as long as the hash; auto-detect
+		// accepts that and other salt lengths signers have used.
+		err = rsa.VerifyPSS(pub.(*rsa.PublicKey), a.hash, digest, j.Signature, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: a.hash})
+	case "ES":
+		err = verifyECDSARaw(pub.(*ecdsa.PublicKey), digest, j.Signature)
+	}
+	if err != nil {
+		return fmt.Errorf("JWS %s signature does not verify: %w", alg, err)
+	}
+	return nil
 }
+
+// checkKeyFitsAlg refuses a key of the wrong type, curve or size for alg.
+func checkKeyFitsAlg(pub crypto.PublicKey, alg string, a jwsAlg) error {
+	switch a.kind {
+	case "RS", "PS":
+		k, ok := pub.(*rsa.PublicKey)
+		if !ok || k == nil || k.N == nil {
+			return fmt.Errorf("JWS algorithm %s needs an RSA public key, got %T", alg, pub)
+		}
+		if k.N.BitLen() < minRSABits {
+			return fmt.Errorf("JWS signer's RSA key has %d bits, fewer than the %d required", k.N.BitLen(), minRSABits)
+		}
+	case "ES":
+		k, ok := pub.(*ecdsa.PublicKey)
+		if !ok || k == nil || k.Curve == nil {
+			return fmt.Errorf("JWS algorithm %s needs an EC public key, got %T", alg, pub)
+		}
+		if k.Curve != a.curve {
+			return fmt.Errorf("JWS algorithm %s needs a %s key, got %s", alg, a.curve.Params().Name, k.Curve.Params().Name)
+		}
+	}
+	return nil
+}
+
+// verifyECDSARaw checks a JOSE ECDSA signature: R and S as fixed-size
+// big-endian integers, concatenated (RFC 7518 §3.4), not DER.
+func verifyECDSARaw(pub *ecdsa.PublicKey, digest, sig []byte) error {
+	size := curveByteSize(pub.Curve)
+	if len(sig) != 2*size {
+		return fmt.Errorf("ECDSA signature is %d bytes, want %d", len(sig), 2*size)
+	}
+	r := new(big.Int).SetBytes(sig[:size])
+	s := new(big.Int).SetBytes(sig[size:])
+	if !ecdsa.Verify(pub, digest, r, s) {
+		return errors.New("ECDSA verification error")
+	}
+	return nil
+}
+
+func curveByteSize(c elliptic.Curve) int { return (c.Params().BitSize + 7) / 8 }
 
 // signJWS makes a compact JWS (used by the test stand-ins, and wherever the
-// sidecar must sign).
+// sidecar must sign). header is copied and gets "alg" set; key must suit alg.
 func signJWS(header map[string]any, payload []byte, key crypto.Signer, alg string) (string, error) {
-	return "", errors.New("stub")
+	a, err := lookupJWSAlg(alg)
+	if err != nil {
+		return "", err
+	}
+	if err := checkSignerFitsAlg(key, alg, a); err != nil {
+		return "", err
+	}
+	h := make(map[string]any, len(header)+1)
+	for k, v := range header {
+		h[k] = v
+	}
+	h["alg"] = alg
+	rawHeader, err := json.Marshal(h)
+	if err != nil {
+		return "", fmt.Errorf("encode JWS header: %w", err)
+	}
+	signingInput := b64url(rawHeader) + "." + b64url(payload)
+	digest := a.digest(signingInput)
+	var sig []byte
+	switch a.kind {
+	case "RS":
+		sig, err = key.Sign(rand.Reader, digest, a.hash)
+	case "PS":
+		sig, err = key.Sign(rand.Reader, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: a.hash})
+	case "ES":
+		var der []byte
+		der, err = key.Sign(rand.Reader, digest, a.hash)
+		if err == nil {
+			sig, err = ecdsaDERToRaw(der, curveByteSize(a.curve))
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("sign JWS with %s: %w", alg, err)
+	}
+	return signingInput + "." + b64url(sig), nil
 }
 
-// checkJWTTimes checks exp and nbf with the given clock skew.
+// checkSignerFitsAlg is checkKeyFitsAlg for the signing side, minus the
+// RSA size floor so tests can make tokens that verify must refuse.
+func checkSignerFitsAlg(key crypto.Signer, alg string, a jwsAlg) error {
+	if key == nil {
+		return errors.New("sign JWS: no key")
+	}
+	switch pub := key.Public().(type) {
+	case *rsa.PublicKey:
+		if a.kind == "RS" || a.kind == "PS" {
+			return nil
+		}
+	case *ecdsa.PublicKey:
+		if a.kind == "ES" && pub.Curve == a.curve {
+			return nil
+		}
+	}
+	return fmt.Errorf("sign JWS: a %T key cannot sign %s", key.Public(), alg)
+}
+
+// ecdsaDERToRaw turns an ASN.1 ECDSA-Sig-Value into JOSE's R||S.
+func ecdsaDERToRaw(der []byte, size int) ([]byte, error) {
+	var v struct{ R, S *big.Int }
+	rest, err := asn1.Unmarshal(der, &v)
+	if err != nil || len(rest) != 0 {
+		return nil, errors.New("signer returned a malformed ECDSA signature")
+	}
+	if v.R.Sign() <= 0 || v.S.Sign() <= 0 || v.R.BitLen() > 8*size || v.S.BitLen() > 8*size {
+		return nil, errors.New("signer returned an out-of-range ECDSA signature")
+	}
+	raw := make([]byte, 2*size)
+	v.R.FillBytes(raw[:size])
+	v.S.FillBytes(raw[size:])
+	return raw, nil
+}
+
+// checkJWTTimes checks exp and nbf with the given clock skew, and that iat
+// is not in the future; each only when present. Use checkJWTTimesRequiringExp
+// for tokens that must expire.
 func checkJWTTimes(claims map[string]any, now time.Time, skew time.Duration) error {
-	return errors.New("stub")
+	if skew < 0 {
+		skew = 0
+	}
+	exp, hasExp, err := numericDate(claims, "exp")
+	if err != nil {
+		return err
+	}
+	if hasExp && !now.Before(exp.Add(skew)) {
+		return fmt.Errorf("token expired at %s (now %s)", exp.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	nbf, hasNbf, err := numericDate(claims, "nbf")
+	if err != nil {
+		return err
+	}
+	if hasNbf && now.Add(skew).Before(nbf) {
+		return fmt.Errorf("token is not valid before %s (now %s)", nbf.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	iat, hasIat, err := numericDate(claims, "iat")
+	if err != nil {
+		return err
+	}
+	if hasIat && now.Add(skew).Before(iat) {
+		return fmt.Errorf("token was issued in the future, at %s (now %s)", iat.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// checkJWTTimesRequiringExp is checkJWTTimes for tokens that must carry an
+// expiry, such as MAA's: a token without exp would be valid forever.
+func checkJWTTimesRequiringExp(claims map[string]any, now time.Time, skew time.Duration) error {
+	if _, ok := claims["exp"]; !ok {
+		return errors.New(`token has no "exp" claim`)
+	}
+	return checkJWTTimes(claims, now, skew)
+}
+
+// maxNumericDate caps a NumericDate so the conversion to time.Time cannot
+// overflow (about year 33658: effectively "never").
+const maxNumericDate = 1e12
+
+// numericDate reads an RFC 7519 NumericDate claim: seconds since the epoch,
+// as a JSON number (float64 or json.Number) or an integer a caller put there.
+func numericDate(claims map[string]any, name string) (time.Time, bool, error) {
+	v, ok := claims[name]
+	if !ok {
+		return time.Time{}, false, nil
+	}
+	var f float64
+	switch n := v.(type) {
+	case float64:
+		f = n
+	case json.Number:
+		var err error
+		if f, err = n.Float64(); err != nil {
+			return time.Time{}, true, fmt.Errorf("claim %q is not a number: %q", name, n.String())
+		}
+	case int:
+		f = float64(n)
+	case int64:
+		f = float64(n)
+	default:
+		return time.Time{}, true, fmt.Errorf("claim %q is a %T, want a number of seconds", name, v)
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return time.Time{}, true, fmt.Errorf("claim %q is not a finite number", name)
+	}
+	f = max(min(f, maxNumericDate), -maxNumericDate)
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)), true, nil
 }
 
 // jwk is a JSON Web Key of kty RSA, EC or oct, public or private.
@@ -80,20 +440,320 @@ type jwk struct {
 }
 
 // rsaPublicJWK is the public JWK of pub with kid = its RFC 7638 thumbprint.
-func rsaPublicJWK(pub *rsa.PublicKey) jwk { return jwk{} }
+func rsaPublicJWK(pub *rsa.PublicKey) jwk {
+	k := jwk{Kty: "RSA", N: b64url(pub.N.Bytes()), E: b64url(big.NewInt(int64(pub.E)).Bytes())}
+	k.Kid, _ = jwkThumbprint(k) // cannot fail: kty, n and e are set
+	return k
+}
 
-// jwkThumbprint is the RFC 7638 SHA-256 thumbprint, base64url.
-func jwkThumbprint(k jwk) (string, error) { return "", errors.New("stub") }
+// jwkThumbprint is the RFC 7638 SHA-256 thumbprint, base64url: the hash of
+// the key type's required members only, in lexicographic order, no spaces.
+func jwkThumbprint(k jwk) (string, error) {
+	var members [][2]string
+	switch k.Kty {
+	case "RSA":
+		members = [][2]string{{"e", k.E}, {"kty", k.Kty}, {"n", k.N}}
+	case "EC":
+		members = [][2]string{{"crv", k.Crv}, {"kty", k.Kty}, {"x", k.X}, {"y", k.Y}}
+	case "oct":
+		members = [][2]string{{"k", k.K}, {"kty", k.Kty}}
+	default:
+		return "", fmt.Errorf("JWK thumbprint: unsupported kty %q", k.Kty)
+	}
+	var buf bytes.Buffer
+	buf.WriteByte('{')
+	for i, m := range members {
+		if m[1] == "" {
+			return "", fmt.Errorf("JWK thumbprint: %s key has no %q", k.Kty, m[0])
+		}
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(jsonString(m[0]))
+		buf.WriteByte(':')
+		buf.Write(jsonString(m[1]))
+	}
+	buf.WriteByte('}')
+	sum := sha256.Sum256(buf.Bytes())
+	return b64url(sum[:]), nil
+}
+
+// jsonString is s as a JSON string without HTML escaping, as RFC 7638 wants.
+func jsonString(s string) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s) // a string always encodes
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+// jwkCurves maps JWK crv names to curves (RFC 7518 §6.2.1.1).
+var jwkCurves = map[string]elliptic.Curve{
+	"P-256": elliptic.P256(),
+	"P-384": elliptic.P384(),
+	"P-521": elliptic.P521(),
+}
+
+func jwkCurveName(c elliptic.Curve) (string, bool) {
+	for name, curve := range jwkCurves {
+		if curve == c {
+			return name, true
+		}
+	}
+	return "", false
+}
 
 // jwkFromPrivateKey encodes *rsa.PrivateKey, *ecdsa.PrivateKey (P-256/384/521)
 // or []byte (oct) as a private JWK.
-func jwkFromPrivateKey(key any) (jwk, error) { return jwk{}, errors.New("stub") }
+func jwkFromPrivateKey(key any) (jwk, error) {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return rsaPrivateJWK(k)
+	case *ecdsa.PrivateKey:
+		return ecPrivateJWK(k)
+	case []byte:
+		if len(k) == 0 {
+			return jwk{}, errors.New("JWK: empty symmetric key")
+		}
+		return jwk{Kty: "oct", K: b64url(k)}, nil
+	}
+	return jwk{}, fmt.Errorf("JWK: unsupported key type %T", key)
+}
 
-// parseJWK decodes an untrusted JWK's JSON.
-func parseJWK(b []byte) (jwk, error) { return jwk{}, errors.New("stub") }
+func rsaPrivateJWK(k *rsa.PrivateKey) (jwk, error) {
+	if k == nil || k.N == nil || k.D == nil {
+		return jwk{}, errors.New("JWK: incomplete RSA private key")
+	}
+	if len(k.Primes) != 2 {
+		return jwk{}, fmt.Errorf("JWK: RSA keys with %d primes are not supported, want 2", len(k.Primes))
+	}
+	pre := k.Precomputed
+	if pre.Dp == nil || pre.Dq == nil || pre.Qinv == nil {
+		// Precompute on a copy: the caller's key may be in use elsewhere.
+		c := &rsa.PrivateKey{PublicKey: k.PublicKey, D: k.D, Primes: k.Primes}
+		c.Precompute()
+		pre = c.Precomputed
+		if pre.Dp == nil {
+			return jwk{}, errors.New("JWK: RSA key has no CRT values")
+		}
+	}
+	return jwk{
+		Kty: "RSA",
+		N:   b64url(k.N.Bytes()),
+		E:   b64url(big.NewInt(int64(k.E)).Bytes()),
+		D:   b64url(k.D.Bytes()),
+		P:   b64url(k.Primes[0].Bytes()),
+		Q:   b64url(k.Primes[1].Bytes()),
+		DP:  b64url(pre.Dp.Bytes()),
+		DQ:  b64url(pre.Dq.Bytes()),
+		QI:  b64url(pre.Qinv.Bytes()),
+	}, nil
+}
+
+// ecPrivateJWK encodes x, y and d at the full field size, as RFC 7518
+// §6.2.1.2 and §6.2.2.1 require (no stripped leading zeros).
+func ecPrivateJWK(k *ecdsa.PrivateKey) (jwk, error) {
+	if k == nil || k.Curve == nil {
+		return jwk{}, errors.New("JWK: incomplete EC private key")
+	}
+	crv, ok := jwkCurveName(k.Curve)
+	if !ok {
+		return jwk{}, fmt.Errorf("JWK: unsupported curve %s", k.Curve.Params().Name)
+	}
+	d, err := k.Bytes()
+	if err != nil {
+		return jwk{}, fmt.Errorf("JWK: EC private key: %w", err)
+	}
+	point, err := k.PublicKey.Bytes()
+	if err != nil {
+		return jwk{}, fmt.Errorf("JWK: EC public key: %w", err)
+	}
+	size := curveByteSize(k.Curve)
+	return jwk{Kty: "EC", Crv: crv, X: b64url(point[1 : 1+size]), Y: b64url(point[1+size:]), D: b64url(d)}, nil
+}
+
+// parseJWK decodes an untrusted JWK's JSON: one bounded JSON object with a
+// kty. Members we do not know are ignored, as RFC 7517 §4 asks.
+func parseJWK(b []byte) (jwk, error) {
+	var k jwk
+	if len(b) > maxJWKSize {
+		return k, fmt.Errorf("JWK is larger than %d bytes", maxJWKSize)
+	}
+	if err := decodeJSONObject(b, &k); err != nil {
+		return jwk{}, fmt.Errorf("JWK: %w", err)
+	}
+	if k.Kty == "" {
+		return jwk{}, errors.New(`JWK has no "kty"`)
+	}
+	return k, nil
+}
 
 // PublicKey returns the *rsa.PublicKey or *ecdsa.PublicKey of an RSA/EC JWK.
-func (k jwk) PublicKey() (crypto.PublicKey, error) { return nil, errors.New("stub") }
+func (k jwk) PublicKey() (crypto.PublicKey, error) {
+	switch k.Kty {
+	case "RSA":
+		return k.rsaPublicKey()
+	case "EC":
+		return k.ecPublicKey()
+	case "oct":
+		return nil, errors.New("JWK: a symmetric (oct) key has no public key")
+	}
+	return nil, fmt.Errorf("JWK: unsupported kty %q", k.Kty)
+}
+
+func (k jwk) rsaPublicKey() (*rsa.PublicKey, error) {
+	n, err := jwkUint(k.N, "n")
+	if err != nil {
+		return nil, err
+	}
+	e, err := jwkUint(k.E, "e")
+	if err != nil {
+		return nil, err
+	}
+	if n.Bit(0) == 0 || n.BitLen() < 1024 {
+		return nil, fmt.Errorf("JWK: RSA modulus of %d bits is not a usable modulus", n.BitLen())
+	}
+	// crypto/rsa only handles exponents that fit an int; real ones are 65537.
+	if e.BitLen() > 31 || e.Int64() < 3 || e.Bit(0) == 0 {
+		return nil, errors.New("JWK: RSA public exponent is out of range")
+	}
+	return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
+}
+
+func (k jwk) ecPublicKey() (*ecdsa.PublicKey, error) {
+	curve, ok := jwkCurves[k.Crv]
+	if !ok {
+		return nil, fmt.Errorf("JWK: unsupported crv %q (want P-256, P-384 or P-521)", k.Crv)
+	}
+	size := curveByteSize(curve)
+	x, err := jwkFixed(k.X, "x", size)
+	if err != nil {
+		return nil, err
+	}
+	y, err := jwkFixed(k.Y, "y", size)
+	if err != nil {
+		return nil, err
+	}
+	// The uncompressed point parser checks the point is on the curve.
+	point := append(append([]byte{4}, x...), y...)
+	pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
+	if err != nil {
+		return nil, fmt.Errorf("JWK: EC point is not on %s: %w", k.Crv, err)
+	}
+	return pub, nil
+}
 
 // PrivateKey returns *rsa.PrivateKey, *ecdsa.PrivateKey or []byte (oct).
-func (k jwk) PrivateKey() (any, error) { return nil, errors.New("stub") }
+func (k jwk) PrivateKey() (any, error) {
+	switch k.Kty {
+	case "RSA":
+		return k.rsaPrivateKey()
+	case "EC":
+		return k.ecPrivateKey()
+	case "oct":
+		key, err := b64urlDecode(k.K)
+		if err != nil {
+			return nil, fmt.Errorf("JWK member \"k\": %w", err)
+		}
+		if len(key) == 0 {
+			return nil, errors.New(`JWK: oct key has an empty "k"`)
+		}
+		return key, nil
+	}
+	return nil, fmt.Errorf("JWK: unsupported kty %q", k.Kty)
+}
+
+// rsaPrivateKey needs the two primes (no multi-prime "oth"); the CRT values,
+// when given, must be the ones the primes imply.
+func (k jwk) rsaPrivateKey() (*rsa.PrivateKey, error) {
+	pub, err := k.rsaPublicKey()
+	if err != nil {
+		return nil, err
+	}
+	d, err := jwkUint(k.D, "d")
+	if err != nil {
+		return nil, err
+	}
+	p, err := jwkUint(k.P, "p")
+	if err != nil {
+		return nil, err
+	}
+	q, err := jwkUint(k.Q, "q")
+	if err != nil {
+		return nil, err
+	}
+	key := &rsa.PrivateKey{PublicKey: *pub, D: d, Primes: []*big.Int{p, q}}
+	if err := key.Validate(); err != nil {
+		return nil, fmt.Errorf("JWK: invalid RSA private key: %w", err)
+	}
+	key.Precompute()
+	for _, m := range []struct {
+		name, value string
+		want        *big.Int
+	}{{"dp", k.DP, key.Precomputed.Dp}, {"dq", k.DQ, key.Precomputed.Dq}, {"qi", k.QI, key.Precomputed.Qinv}} {
+		if m.value == "" {
+			continue
+		}
+		got, err := jwkUint(m.value, m.name)
+		if err != nil {
+			return nil, err
+		}
+		if got.Cmp(m.want) != 0 {
+			return nil, fmt.Errorf("JWK: RSA member %q does not match the key's primes", m.name)
+		}
+	}
+	return key, nil
+}
+
+// ecPrivateKey checks d is a valid scalar and that x, y are its public point.
+func (k jwk) ecPrivateKey() (*ecdsa.PrivateKey, error) {
+	pub, err := k.ecPublicKey()
+	if err != nil {
+		return nil, err
+	}
+	d, err := jwkFixed(k.D, "d", curveByteSize(pub.Curve))
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.ParseRawPrivateKey(pub.Curve, d)
+	if err != nil {
+		return nil, fmt.Errorf("JWK: invalid EC private key: %w", err)
+	}
+	if !key.PublicKey.Equal(pub) {
+		return nil, errors.New("JWK: EC private key does not match its x and y")
+	}
+	return key, nil
+}
+
+// jwkUint decodes a Base64urlUInt member (RFC 7518 §2): non-empty, and
+// non-zero.
+func jwkUint(v, name string) (*big.Int, error) {
+	if v == "" {
+		return nil, fmt.Errorf("JWK member %q is missing", name)
+	}
+	b, err := b64urlDecode(v)
+	if err != nil {
+		return nil, fmt.Errorf("JWK member %q: %w", name, err)
+	}
+	n := new(big.Int).SetBytes(b)
+	if n.Sign() == 0 {
+		return nil, fmt.Errorf("JWK member %q is zero", name)
+	}
+	return n, nil
+}
+
+// jwkFixed decodes an EC coordinate or scalar, which must be exactly the
+// field size.
+func jwkFixed(v, name string, size int) ([]byte, error) {
+	if v == "" {
+		return nil, fmt.Errorf("JWK member %q is missing", name)
+	}
+	b, err := b64urlDecode(v)
+	if err != nil {
+		return nil, fmt.Errorf("JWK member %q: %w", name, err)
+	}
+	if len(b) != size {
+		return nil, fmt.Errorf("JWK member %q is %d bytes, want %d", name, len(b), size)
+	}
+	return b, nil
+}

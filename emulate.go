@@ -1,0 +1,352 @@
+package main
+
+// The software SEV-SNP emulator behind -emulate: reports with the real
+// layout, signed by a VCEK that a software ASK and ARK certify. Nothing real
+// trusts that chain; it exists so that the sidecar, its clients and the
+// stand-in services can be developed and tested on any Linux box.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/binary"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"time"
+)
+
+// What the emulator claims to be: a Milan B0 at a current TCB. The
+// microcode SPL 0xDB is >= 0x80 on purpose, so that every run exercises the
+// DER INTEGER encoding of SPLs that a naive parser gets wrong.
+const (
+	emulatedProductLine = "Milan"
+	emulatedProductName = "Milan-B0"
+	emulatedCPUIDFamily = 0x19
+	emulatedCPUIDModel  = 0x01
+	emulatedCPUIDStep   = 0x01
+	emulatedReportVer   = 3
+	emulatedPolicy      = 0x3001F // ABI 0.31, SMT allowed, reserved bit 17, debug off
+	emulatedPlatform    = 0x3     // SMT enabled, TSME enabled
+	// emulatedRSABits: AMD's ASK and ARK are RSA-4096, whose generation
+	// takes 2-10 s here (measured); 3072 takes well under a second and
+	// secures nothing less that matters, since no one trusts this chain.
+	emulatedRSABits = 3072
+)
+
+// emulatedTCB is the Milan TCB_VERSION the VCEK certifies and every report
+// carries: boot loader 4, TEE 0, SNP 0x18, microcode 0xDB.
+var emulatedTCB = milanTCB{BootLoader: 4, TEE: 0, SNP: 0x18, Microcode: 0xDB}
+
+// milanTCB is a TCB_VERSION in the Milan/Genoa layout (azure-protocols §5.1).
+type milanTCB struct {
+	BootLoader, TEE, SNP, Microcode uint8
+}
+
+func (t milanTCB) u64() uint64 {
+	return uint64(t.BootLoader) | uint64(t.TEE)<<8 | uint64(t.SNP)<<48 | uint64(t.Microcode)<<56
+}
+
+// emulatorIdentity is one emulated machine: its keys, chain and per-run
+// identifiers. Made once per run, in the background.
+type emulatorIdentity struct {
+	ready chan struct{} // closed when the fields below are set
+	err   error
+
+	vcek        *ecdsa.PrivateKey
+	certs       *platformCerts
+	chipID      [64]byte
+	measurement [48]byte
+	reportID    [32]byte
+	took        time.Duration
+}
+
+// newEmulatorIdentity starts making an identity and returns at once:
+// generating RSA keys must not delay start-up or /status.
+func newEmulatorIdentity(rsaBits int, log *slog.Logger) *emulatorIdentity {
+	id := &emulatorIdentity{ready: make(chan struct{})}
+	go func() {
+		start := time.Now()
+		id.err = id.generate(rsaBits)
+		id.took = time.Since(start)
+		if id.err != nil {
+			log.Error("SNP emulator: making its keys failed", "err", id.err)
+		} else {
+			// Public facts only: never a key.
+			log.Info("SNP emulator ready: emulated VCEK, ASK and ARK made", "duration", id.took.Round(time.Millisecond), "tcb", fmt.Sprintf("%016x", id.certs.TCB))
+		}
+		close(id.ready)
+	}()
+	return id
+}
+
+// wait blocks until the identity is made or ctx ends.
+func (id *emulatorIdentity) wait(ctx context.Context) error {
+	select {
+	case <-id.ready:
+		return id.err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the SNP emulator's keys: %w", context.Cause(ctx))
+	}
+}
+
+func (id *emulatorIdentity) generate(rsaBits int) error {
+	for _, b := range [][]byte{id.chipID[:], id.measurement[:], id.reportID[:]} {
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+	}
+	arkKey, err := rsa.GenerateKey(rand.Reader, rsaBits)
+	if err != nil {
+		return fmt.Errorf("ARK key: %w", err)
+	}
+	askKey, err := rsa.GenerateKey(rand.Reader, rsaBits)
+	if err != nil {
+		return fmt.Errorf("ASK key: %w", err)
+	}
+	id.vcek, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("VCEK key: %w", err)
+	}
+	id.certs, err = emulatedChain(arkKey, askKey, id.vcek, emulatedTCB, id.chipID[:])
+	return err
+}
+
+// amdName is a subject or issuer as AMD writes them.
+func amdName(cn string) pkix.Name {
+	return pkix.Name{
+		CommonName:         cn,
+		Organization:       []string{"Advanced Micro Devices"},
+		OrganizationalUnit: []string{"Engineering"},
+		Locality:           []string{"Santa Clara"},
+		Province:           []string{"CA"},
+		Country:            []string{"US"},
+	}
+}
+
+// emulatedChain certifies vcek for tcb and hwID under a self-signed ARK and
+// an ASK, with AMD's names, algorithms (RSASSA-PSS SHA-384) and VCEK
+// extensions.
+func emulatedChain(arkKey, askKey *rsa.PrivateKey, vcek *ecdsa.PrivateKey, tcb milanTCB, hwID []byte) (*platformCerts, error) {
+	now := time.Now().Add(-time.Hour) // tolerate a verifier's clock a little behind
+	crl := "https://kdsintf.amd.com/vcek/v1/" + emulatedProductLine + "/crl"
+	arkTmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               amdName("ARK-" + emulatedProductLine),
+		Issuer:                amdName("ARK-" + emulatedProductLine),
+		NotBefore:             now,
+		NotAfter:              now.AddDate(25, 0, 0),
+		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		CRLDistributionPoints: []string{crl},
+	}
+	ark, err := createCert(arkTmpl, arkTmpl, &arkKey.PublicKey, arkKey)
+	if err != nil {
+		return nil, fmt.Errorf("emulated ARK: %w", err)
+	}
+	askTmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               amdName("SEV-" + emulatedProductLine),
+		NotBefore:             now,
+		NotAfter:              now.AddDate(25, 0, 0),
+		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		CRLDistributionPoints: []string{crl},
+	}
+	ask, err := createCert(askTmpl, ark, &askKey.PublicKey, arkKey)
+	if err != nil {
+		return nil, fmt.Errorf("emulated ASK: %w", err)
+	}
+	exts, err := vcekExtensions(tcb, hwID, emulatedProductName)
+	if err != nil {
+		return nil, err
+	}
+	vcekTmpl := &x509.Certificate{
+		SerialNumber:       big.NewInt(0), // as AMD's VCEKs
+		Subject:            amdName("SEV-VCEK"),
+		NotBefore:          now,
+		NotAfter:           now.AddDate(7, 0, 0),
+		SignatureAlgorithm: x509.SHA384WithRSAPSS,
+		ExtraExtensions:    exts,
+	}
+	vcekCert, err := createCert(vcekTmpl, ask, &vcek.PublicKey, askKey)
+	if err != nil {
+		return nil, fmt.Errorf("emulated VCEK: %w", err)
+	}
+	var chain bytes.Buffer
+	for _, c := range []*x509.Certificate{vcekCert, ask, ark} {
+		if err := pem.Encode(&chain, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}); err != nil {
+			return nil, err
+		}
+	}
+	return &platformCerts{VCEK: vcekCert, ASK: ask, ARK: ark, ChainPEM: chain.Bytes(), TCB: tcb.u64()}, nil
+}
+
+func createCert(tmpl, parent *x509.Certificate, pub any, signer any) (*x509.Certificate, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+func randomSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	if err != nil {
+		return big.NewInt(1)
+	}
+	return n.Add(n, big.NewInt(1))
+}
+
+// AMD's VCEK extensions (azure-protocols.md §5.5).
+var (
+	oidAMDStructVersion = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 1}
+	oidAMDProductName   = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 2}
+	oidAMDBlSPL         = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 3, 1}
+	oidAMDHWID          = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 4}
+)
+
+// oidAMDSPL is .1.3.n: 1 boot loader, 2 TEE, 3 SNP, 4-7 reserved, 8 microcode.
+func oidAMDSPL(n int) asn1.ObjectIdentifier {
+	return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 3, n}
+}
+
+// vcekExtensions builds the extensions AMD's KDS puts in a Milan/Genoa
+// VCEK: SPLs as DER INTEGERs, the product name as an IA5String and the hwID
+// as its raw 64 bytes, without a DER tag, exactly as KDS does.
+func vcekExtensions(tcb milanTCB, hwID []byte, productName string) ([]pkix.Extension, error) {
+	if len(hwID) != 64 {
+		return nil, fmt.Errorf("hwID is %d bytes, want 64", len(hwID))
+	}
+	derInt := func(v int) []byte {
+		b, _ := asn1.Marshal(v) // cannot fail for an int
+		return b
+	}
+	name, err := asn1.MarshalWithParams(productName, "ia5")
+	if err != nil {
+		return nil, fmt.Errorf("product name %q: %w", productName, err)
+	}
+	exts := []pkix.Extension{
+		{Id: oidAMDStructVersion, Value: derInt(1)},
+		{Id: oidAMDProductName, Value: name},
+	}
+	spls := []uint8{1: tcb.BootLoader, 2: tcb.TEE, 3: tcb.SNP, 4: 0, 5: 0, 6: 0, 7: 0, 8: tcb.Microcode}
+	for n := 1; n <= 8; n++ {
+		exts = append(exts, pkix.Extension{Id: oidAMDSPL(n), Value: derInt(int(spls[n]))})
+	}
+	exts = append(exts, pkix.Extension{Id: oidAMDHWID, Value: bytes.Clone(hwID)})
+	return exts, nil
+}
+
+// emulator is the teeDevice behind -emulate; it is also the
+// platformCertSource that hands out its own chain.
+type emulator struct {
+	id       *emulatorIdentity
+	hostData [32]byte
+}
+
+func newEmulator(opts teeOptions) *emulator {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return newEmulatorWith(newEmulatorIdentity(emulatedRSABits, log), opts.SecurityPolicy)
+}
+
+// newEmulatorWith binds an identity to one security policy: HOST_DATA is
+// its sha256 as the platform sets it, zero when there is none.
+func newEmulatorWith(id *emulatorIdentity, policy []byte) *emulator {
+	e := &emulator{id: id}
+	if len(policy) > 0 {
+		e.hostData = sha256.Sum256(policy)
+	}
+	return e
+}
+
+func (e *emulator) Name() string   { return "emulator" }
+func (e *emulator) Emulated() bool { return true }
+
+func (e *emulator) PlatformCerts(ctx context.Context) (*platformCerts, error) {
+	if err := e.id.wait(ctx); err != nil {
+		return nil, err
+	}
+	return e.id.certs, nil
+}
+
+func (e *emulator) GetReport(ctx context.Context, reportData [64]byte) ([]byte, error) {
+	if err := e.id.wait(ctx); err != nil {
+		return nil, err
+	}
+	r := e.unsignedReport(reportData)
+	if err := signReport(r, e.id.vcek); err != nil {
+		return nil, fmt.Errorf("SNP emulator: %w", err)
+	}
+	return r, nil
+}
+
+// unsignedReport lays out a version 3 report as a Milan's firmware would.
+func (e *emulator) unsignedReport(reportData [64]byte) []byte {
+	b := make([]byte, reportSize)
+	le := binary.LittleEndian
+	tcb := e.id.certs.TCB
+	le.PutUint32(b[0x000:], emulatedReportVer)
+	le.PutUint64(b[0x008:], emulatedPolicy)
+	le.PutUint32(b[0x030:], 0) // VMPL
+	le.PutUint32(b[0x034:], sigAlgoECDSAP384SHA384)
+	le.PutUint64(b[0x038:], tcb) // CURRENT_TCB
+	le.PutUint64(b[0x040:], emulatedPlatform)
+	le.PutUint32(b[0x048:], 0) // SIGNER_INFO: VCEK, chip ID not masked
+	copy(b[0x050:], reportData[:])
+	copy(b[0x090:], e.id.measurement[:])
+	copy(b[0x0C0:], e.hostData[:])
+	copy(b[0x140:], e.id.reportID[:])
+	copy(b[0x160:0x180], bytes.Repeat([]byte{0xFF}, 32)) // REPORT_ID_MA: no migration agent
+	le.PutUint64(b[0x180:], tcb)                         // REPORTED_TCB
+	b[0x188], b[0x189], b[0x18A] = emulatedCPUIDFamily, emulatedCPUIDModel, emulatedCPUIDStep
+	copy(b[0x1A0:], e.id.chipID[:])
+	le.PutUint64(b[0x1E0:], tcb)                    // COMMITTED_TCB
+	b[0x1E8], b[0x1E9], b[0x1EA] = 0x15, 0x37, 0x01 // CURRENT build 21, firmware 1.55
+	b[0x1EC], b[0x1ED], b[0x1EE] = 0x15, 0x37, 0x01 // COMMITTED
+	le.PutUint64(b[0x1F0:], tcb)                    // LAUNCH_TCB
+	return b
+}
+
+// signReport signs [0, 0x2A0) with ECDSA P-384 SHA-384 and stores R and S
+// as 72-byte little-endian integers, as the AMD secure processor does.
+func signReport(report []byte, key *ecdsa.PrivateKey) error {
+	if len(report) != reportSize {
+		return errors.New("report has the wrong size")
+	}
+	digest := sha512.Sum384(report[:signedPartSize])
+	r, s, err := ecdsa.Sign(rand.Reader, key, digest[:])
+	if err != nil {
+		return fmt.Errorf("sign report: %w", err)
+	}
+	sig := report[signedPartSize:]
+	clear(sig)
+	putLittleEndian(sig[0:72], r)
+	putLittleEndian(sig[72:144], s)
+	return nil
+}
+
+// putLittleEndian writes n into dst least significant byte first.
+func putLittleEndian(dst []byte, n *big.Int) {
+	be := n.FillBytes(make([]byte, len(dst)))
+	for i := range be {
+		dst[i] = be[len(be)-1-i]
+	}
+}
