@@ -27,7 +27,7 @@ func BenchmarkKeyRelease(b *testing.B) {
 
 func benchRelease(b *testing.B, ttl time.Duration, workers int) {
 	e := newReleaseEnv(b, releaseEnvOpts{ttl: ttl, env: map[string]string{}})
-	body := e.releaseBody(keyOct, testBearer)
+	body := e.releaseBody(keyOct, releaseBearer)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: workers}}
 	release := func() (time.Duration, error) {
 		start := time.Now()

@@ -454,10 +454,9 @@ type keyReleaseParams struct {
 	AccessToken string
 }
 
-var (
-	keyNamePattern    = regexp.MustCompile(`^[0-9a-zA-Z-]{1,127}$`)
-	keyVersionPattern = regexp.MustCompile(`^[0-9a-fA-F]{32}$`)
-)
+// keyVersionPattern is a Key Vault key version; names follow
+// keyNamePattern, shared with importkey.
+var keyVersionPattern = regexp.MustCompile(`^[0-9a-fA-F]{32}$`)
 
 // maxAccessToken bounds a caller's bearer token (Entra tokens are 1–4 KiB).
 const maxAccessToken = 16 << 10

@@ -23,22 +23,22 @@ import (
 // ---- the environment: the real server, a device, MAA and Key Vault ----
 
 const (
-	testBearer      = "eyJ0ZXN0IjoiYmVhcmVyIn0.test-bearer-token-for-key-vault"
-	testPolicy      = "package policy\n\napi_version := \"0.10.0\"\n\nmount_device := {\"allowed\": true}\n"
-	testUVMRefInfo  = "test UVM reference info (COSE_Sign1 stand-in)"
-	keyOct          = "oct-key"
-	keyRSA          = "rsa-key"
-	keyEC           = "ec-key"
-	keyLocked       = "locked-key"
-	deviceEmulator  = "emulator"
-	deviceFakeGuest = "go-sev-guest fake"
+	releaseBearer     = "eyJ0ZXN0IjoiYmVhcmVyIn0.test-bearer-token-for-key-vault"
+	releasePolicyText = "package policy\n\napi_version := \"0.10.0\"\n\nmount_device := {\"allowed\": true}\n"
+	releaseUVMRefInfo = "test UVM reference info (COSE_Sign1 stand-in)"
+	keyOct            = "oct-key"
+	keyRSA            = "rsa-key"
+	keyEC             = "ec-key"
+	keyLocked         = "locked-key"
+	deviceEmulator    = "emulator"
+	deviceFakeGuest   = "go-sev-guest fake"
 )
 
 type releaseEnvOpts struct {
 	device  string // deviceEmulator (default) or deviceFakeGuest
 	ttl     time.Duration
 	timeout time.Duration
-	kvToken string            // the bearer Key Vault expects; "" = testBearer
+	kvToken string            // the bearer Key Vault expects; "" = releaseBearer
 	env     map[string]string // extra environment for the server
 	args    *SkrSideCarArgs
 }
@@ -69,7 +69,7 @@ func releaseTestDevice(t testing.TB, kind string) (teeDevice, *platformCerts, st
 	t.Helper()
 	switch kind {
 	case "", deviceEmulator:
-		tee := newTestEmulator(t, []byte(testPolicy))
+		tee := newTestEmulator(t, []byte(releasePolicyText))
 		src, ok := tee.(platformCertSource)
 		if !ok {
 			t.Fatal("the emulator brings no platform certificates")
@@ -78,7 +78,7 @@ func releaseTestDevice(t testing.TB, kind string) (teeDevice, *platformCerts, st
 		if err != nil {
 			t.Fatal(err)
 		}
-		sum := sha256.Sum256([]byte(testPolicy))
+		sum := sha256.Sum256([]byte(releasePolicyText))
 		return tee, certs, hex.EncodeToString(sum[:])
 	case deviceFakeGuest:
 		tee, certs := newFakeSevGuest(t)
@@ -106,7 +106,7 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 	e.maa = newMAAStandIn(t, certs.ARK)
 	kvToken := o.kvToken
 	if kvToken == "" {
-		kvToken = testBearer
+		kvToken = releaseBearer
 	}
 	e.kv = newKVStandIn(t, kvToken)
 
@@ -121,7 +121,7 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 	e.kv.addKey(&kvKey{name: keyLocked, kty: "oct-HSM", material: []byte("0123456789abcdef0123456789abcdef"),
 		policy: standInReleasePolicy(e.maa.host, strings.Repeat("ab", 32))})
 
-	env := map[string]string{"UVM_REFERENCE_INFO": base64.StdEncoding.EncodeToString([]byte(testUVMRefInfo))}
+	env := map[string]string{"UVM_REFERENCE_INFO": base64.StdEncoding.EncodeToString([]byte(releaseUVMRefInfo))}
 	for k, v := range o.env {
 		env[k] = v
 	}
@@ -147,7 +147,7 @@ func (e *releaseEnv) releaseBody(kid, accessToken string) string {
 
 func (e *releaseEnv) release(t testing.TB, kid string) (int, map[string]any) {
 	t.Helper()
-	return call(t, "POST", e.url+"/key/release", e.releaseBody(kid, testBearer))
+	return call(t, "POST", e.url+"/key/release", e.releaseBody(kid, releaseBearer))
 }
 
 func (e *releaseEnv) mustRelease(t testing.TB, kid string) jwk {
@@ -414,7 +414,7 @@ func TestKeyReleaseConcurrentShareOneAttestation(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body := e.releaseBody(kids[i%len(kids)], testBearer)
+			body := e.releaseBody(kids[i%len(kids)], releaseBearer)
 			resp, err := http.Post(e.url+"/key/release", "application/json", strings.NewReader(body))
 			if err != nil {
 				failed.Add(1)
@@ -520,7 +520,7 @@ func TestKeyReleaseIMDSRefusesVaultToken(t *testing.T) {
 
 func TestKeyReleaseBadRequests(t *testing.T) {
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute})
-	good := map[string]string{"maa_endpoint": e.maa.host, "akv_endpoint": e.kv.host, "kid": keyOct, "access_token": testBearer}
+	good := map[string]string{"maa_endpoint": e.maa.host, "akv_endpoint": e.kv.host, "kid": keyOct, "access_token": releaseBearer}
 	with := func(k, v string) string {
 		m := map[string]string{}
 		for a, b := range good {
@@ -593,13 +593,13 @@ func TestKeyReleaseLogsNoSecrets(t *testing.T) {
 		e.mustReleaseBody(t, e.releaseBody(kid, ""))
 	}
 	// A failing release logs its error too: no secret in it either.
-	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, testBearer))
+	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, releaseBearer))
 	wantNoKey(t, status, out, http.StatusForbidden)
 	e.mustReleaseBody(t, e.releaseBody(keyOct, imdsToken))
 
 	secrets := map[string][]byte{
 		"bearer (IMDS)":    []byte(imdsToken),
-		"bearer (request)": []byte(testBearer),
+		"bearer (request)": []byte(releaseBearer),
 		"oct key":          e.oct,
 		"RSA key d":        e.rsa.D.Bytes(),
 		"RSA key p":        e.rsa.Primes[0].Bytes(),

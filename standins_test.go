@@ -600,7 +600,12 @@ func standInPEMChain(b []byte) (*platformCerts, error) {
 	if len(certs) != 3 {
 		return nil, fmt.Errorf("%d certificates, want VCEK, ASK and ARK", len(certs))
 	}
-	return &platformCerts{VCEK: certs[0], ASK: certs[1], ARK: certs[2]}, nil
+	// MAA reads the TCB a VCEK certifies from its extensions.
+	info, err := parseVCEKExtensions(certs[0])
+	if err != nil {
+		return nil, fmt.Errorf("VCEK: %w", err)
+	}
+	return &platformCerts{VCEK: certs[0], ASK: certs[1], ARK: certs[2], TCB: info.TCB}, nil
 }
 
 // ---- Key Vault ----
