@@ -1138,3 +1138,143 @@ func newReleaseIMDS(t testing.TB, token string) *releaseIMDS {
 	t.Cleanup(func() { m.stop(); m.srv.Close() })
 	return m
 }
+
+// ---- the stand-ins themselves: they must refuse what the real services refuse ----
+
+func postJSON(t *testing.T, client *http.Client, url string, header http.Header, body []byte) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(raw)
+}
+
+func TestMAAStandInRefuses(t *testing.T) {
+	tee, certs, _ := releaseTestDevice(t, deviceEmulator)
+	m := newMAAStandIn(t, certs.ARK)
+	client := getStandInPKI().client()
+	url := "https://" + m.host + "/attest/SevSnpVm?api-version=" + maaAPIVersion
+	runtime := []byte(`{"keys":[{"kty":"oct","kid":"x"}]}`)
+	report := func(rd [64]byte) []byte {
+		raw, err := tee.GetReport(context.Background(), rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	good := report(reportDataFor(runtime))
+	build := func(rep []byte, rt []byte) []byte {
+		b, err := buildMAARequest(&evidence{Report: rep, Certs: certs, UVMReferenceInfo: []byte("uvm")}, rt, "n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if status, _, body := postJSON(t, client, url, nil, build(good, runtime)); status != 200 {
+		t.Fatalf("a genuine request was refused: %d %s", status, body)
+	}
+
+	tampered := bytes.Clone(good)
+	tampered[0x90] ^= 1 // inside MEASUREMENT, under the signature
+	halfZero := reportDataFor(runtime)
+	halfZero[40] = 1
+	stdAlphabet := func() []byte {
+		inner := standInJSON(map[string]string{"SnpReport": base64.StdEncoding.EncodeToString(good), "VcekCertChain": base64.StdEncoding.EncodeToString(certs.ChainPEM)})
+		return standInJSON(map[string]any{"report": base64.StdEncoding.EncodeToString(inner), "runtimeData": map[string]string{"data": b64url(runtime), "dataType": "JSON"}})
+	}
+	wrongCase := func(from, to string) []byte {
+		b := build(good, runtime)
+		return bytes.Replace(b, []byte(`"`+from+`"`), []byte(`"`+to+`"`), 1)
+	}
+	innerCase := func() []byte {
+		inner := standInJSON(map[string]string{"snpReport": b64url(good), "VcekCertChain": b64url(certs.ChainPEM)})
+		return standInJSON(map[string]any{"report": b64url(inner), "runtimeData": map[string]string{"data": b64url(runtime), "dataType": "JSON"}})
+	}
+	for name, body := range map[string][]byte{
+		"other runtime data":       build(good, []byte(`{"keys":[]}`)),
+		"tampered report":          build(tampered, runtime),
+		"REPORT_DATA tail nonzero": build(report(halfZero), runtime),
+		"standard base64":          stdAlphabet(),
+		"RuntimeData casing":       wrongCase("runtimeData", "RuntimeData"),
+		"datatype casing":          wrongCase("dataType", "datatype"),
+		"snpReport casing":         innerCase(),
+	} {
+		if status, _, resp := postJSON(t, client, url, nil, body); status != 400 {
+			t.Errorf("%s: status %d, want 400: %s", name, status, resp)
+		}
+	}
+	other := newMAAStandIn(t, newStandInCA("not an AMD root", nil).cert)
+	if status, _, _ := postJSON(t, client, "https://"+other.host+"/attest/SevSnpVm?api-version=x", nil, build(good, runtime)); status != 400 {
+		t.Errorf("a chain to an untrusted ARK was accepted: %d", status)
+	}
+}
+
+func TestKVStandInRefuses(t *testing.T) {
+	e := newReleaseEnv(t, releaseEnvOpts{})
+	client := getStandInPKI().client()
+	wk, err := wrappingKeyFrom(standInRSAKey(t, rsaOther))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runtime map[string]any
+	json.Unmarshal(wk.runtimeData, &runtime)
+	now := time.Now().Unix()
+	claims := func(mod func(map[string]any)) map[string]any {
+		c := map[string]any{
+			"iss": "https://" + e.maa.host, "iat": now, "nbf": now, "exp": now + 3600,
+			"x-ms-sevsnpvm-hostdata": e.hostData, "x-ms-compliance-status": "azure-compliant-uvm",
+			"x-ms-sevsnpvm-is-debuggable": false, "x-ms-sevsnpvm-vmpl": 0, "x-ms-runtime": runtime,
+		}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	token := func(c map[string]any, key *rsa.PrivateKey) string {
+		tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": e.maa.kid}, standInJSON(c), key, "RS256")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	maaKey := standInRSAKey(t, rsaMAASigner)
+	url := "https://" + e.kv.host + "/keys/" + keyOct + "/release?api-version=7.4"
+	bearer := http.Header{"Authorization": {"Bearer " + releaseBearer}}
+	release := func(tok string, h http.Header) (int, http.Header, string) {
+		return postJSON(t, client, url, h, standInJSON(map[string]string{"target": tok, "enc": encRSAAESKeyWrap256}))
+	}
+	if status, _, body := release(token(claims(nil), maaKey), bearer); status != 200 {
+		t.Fatalf("a genuine token was refused: %d %s", status, body)
+	}
+	status, h, _ := release(token(claims(nil), maaKey), http.Header{"Authorization": {"Bearer wrong"}})
+	if status != 401 || !strings.HasPrefix(h.Get("WWW-Authenticate"), "Bearer ") {
+		t.Errorf("wrong bearer: %d, WWW-Authenticate %q", status, h.Get("WWW-Authenticate"))
+	}
+	for name, c := range map[string]struct {
+		tok    string
+		status int
+	}{
+		"forged signature": {token(claims(nil), standInRSAKey(t, rsaOther)), 400},
+		"expired":          {token(claims(func(c map[string]any) { c["exp"] = now - 600 }), maaKey), 400},
+		"not yet valid":    {token(claims(func(c map[string]any) { c["nbf"] = now + 600 }), maaKey), 400},
+		"other issuer":     {token(claims(func(c map[string]any) { c["iss"] = "https://evil.example" }), maaKey), 400},
+		"other host data":  {token(claims(func(c map[string]any) { c["x-ms-sevsnpvm-hostdata"] = strings.Repeat("0", 64) }), maaKey), 403},
+		"debuggable":       {token(claims(func(c map[string]any) { c["x-ms-sevsnpvm-is-debuggable"] = true }), maaKey), 403},
+		"no runtime key":   {token(claims(func(c map[string]any) { delete(c, "x-ms-runtime") }), maaKey), 400},
+	} {
+		if status, _, body := release(c.tok, bearer); status != c.status {
+			t.Errorf("%s: status %d, want %d: %s", name, status, c.status, body)
+		}
+	}
+}
