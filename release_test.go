@@ -615,9 +615,10 @@ func TestKeyReleaseLogsNoSecrets(t *testing.T) {
 		secrets[fmt.Sprintf("wrapping key %d d", i)] = k.D.Bytes()
 		secrets[fmt.Sprintf("wrapping key %d p", i)] = k.Primes[0].Bytes()
 	}
+	made := len(wrapping)
 	mu.Unlock()
-	if len(wrapping) < 4 {
-		t.Fatalf("only %d wrapping keys were made for 5 releases with TTL 0", len(wrapping))
+	if made < 4 {
+		t.Fatalf("only %d wrapping keys were made for 5 releases with TTL 0", made)
 	}
 	logs := e.logs.String()
 	if !strings.Contains(logs, "key released") || !strings.Contains(logs, "level=trace") {
