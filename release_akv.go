@@ -382,8 +382,14 @@ func (e *releaseEnvelope) unwrap(wk *wrappingKey) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("encode released %s key as JWK: %w", e.Kty, err)
 	}
-	if octKey, ok := priv.([]byte); ok {
-		clear(octKey)
+	// Drop our copies of the key material; the JWK strings are what the
+	// caller gets and cannot be overwritten.
+	switch pk := priv.(type) {
+	case []byte:
+		clear(pk)
+	case *rsa.PrivateKey:
+		zeroBigInts(pk.D, pk.Precomputed.Dp, pk.Precomputed.Dq, pk.Precomputed.Qinv)
+		zeroBigInts(pk.Primes...)
 	}
 	k.Kid = e.Kid
 	k.KeyOps = e.KeyOps
