@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -276,4 +277,59 @@ func BenchmarkAttestCombined(b *testing.B) {
 		dev, pc := newFakeSevGuest(b)
 		benchEndpoint(b, benchServer(b, dev, thimJSON(b, pc.VCEK, pc.ASK, pc.ARK, fmt.Sprintf("%016x", pc.TCB))), "/attest/combined")
 	})
+}
+
+// Concurrent requests each get a report over their own runtime data: the
+// device is shared, the answers are not mixed up.
+func TestAttestConcurrentRequests(t *testing.T) {
+	for _, d := range evidenceDevices() {
+		t.Run(d.name, func(t *testing.T) {
+			dev, thim := d.setup(t)
+			base, _ := startEvidenceServer(t, dev, thim, nil)
+			const n = 32
+			errs := make(chan error, n)
+			for i := range n {
+				go func() {
+					path := []string{"/attest/raw", "/attest/combined"}[i%2]
+					rd := []byte(fmt.Sprintf("request %d", i))
+					resp, err := http.Post(base+path, "application/json", strings.NewReader(fmt.Sprintf(`{"runtime_data":%q}`, base64.StdEncoding.EncodeToString(rd))))
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer resp.Body.Close()
+					var body map[string]string
+					if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != 200 {
+						errs <- fmt.Errorf("%s: %d %v %v", path, resp.StatusCode, body, err)
+						return
+					}
+					var raw []byte
+					if path == "/attest/raw" {
+						raw, err = hex.DecodeString(body["report"])
+					} else {
+						raw, err = base64.StdEncoding.DecodeString(body["evidence"])
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+					rep, err := parseReport(raw)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if rep.ReportData != reportDataFor(rd) {
+						errs <- fmt.Errorf("request %d got a report over someone else's runtime data", i)
+						return
+					}
+					errs <- nil
+				}()
+			}
+			for range n {
+				if err := <-errs; err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
 }

@@ -5,6 +5,7 @@ package main
 // context's THIM JSON is behind the firmware's TCB.
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -122,4 +123,53 @@ func TestAttestCombinedFailsWhenNoSourceHasTheTCB(t *testing.T) {
 	if thim.callsOf("thim") != 1 {
 		t.Fatalf("THIM calls = %d", thim.callsOf("thim"))
 	}
+}
+
+// The same refetch with go-sev-guest's fake /dev/sev-guest as the device:
+// its reports come through go-sev-guest's client code and are signed by
+// go-sev-guest's test chain, which KDS (the stand-in) serves.
+func TestAttestCombinedRefetchWithFakeSevGuest(t *testing.T) {
+	dev, fake := newFakeSevGuest(t)
+	if fakeSevGuestHWID != testChipID {
+		t.Fatal("the fake device's CHIP_ID is not testChipID: register its VCEK under its own hwid")
+	}
+	kds := newKDSStandIn(t)
+	kds.addCerts(specOld, fake.VCEK, fake.ASK, fake.ARK) // fakeSevGuestTCB = tcbOld
+	// The security context is behind: it holds a VCEK of another TCB.
+	stale := newTestVCEK(t, specNew)
+	dir := writeSecurityContext(t, []byte("package policy\n"), thimJSON(t, stale.cert, stale.root.ask, stale.root.ark, "db18000000000004"))
+	cfg := serverConfig{Args: &SkrSideCarArgs{CertCache: certCacheConfig{EndpointType: "AMD", Endpoint: kds.host()}}}
+	url, logs := startTestServer(t, cfg, serverOptions{
+		TEE:    dev,
+		Roots:  trustPool(kds.srv),
+		Getenv: func(k string) string { return map[string]string{"UVM_SECURITY_CONTEXT_DIR": dir}[k] },
+	})
+	status, body := call(t, http.MethodPost, url+"/attest/combined", `{"runtime_data":"aGVsbG8"}`)
+	if status != http.StatusOK {
+		t.Fatalf("status %d: %v\n%s", status, body, logs)
+	}
+	tcb, chain, _ := combinedAnswer(t, body)
+	if tcb != "7308000000000003" || !bytes.Equal(chain, fake.ChainPEM) {
+		t.Fatalf("endorsed_tcb %q; endorsements are the fake chain: %v", tcb, bytes.Equal(chain, fake.ChainPEM))
+	}
+	rep, err := parseReport(decodeB64(t, body["evidence"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyEvidence(rep, fake); err != nil {
+		t.Fatal(err)
+	}
+	if kds.callsOf("vcek") != 1 || kds.callsOf("chain") != 1 {
+		t.Fatalf("KDS calls = %v", kds.calls)
+	}
+}
+
+func decodeB64(t *testing.T, v any) []byte {
+	t.Helper()
+	s, _ := v.(string)
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -477,14 +477,20 @@ func newKDSStandIn(t testing.TB) *kdsStandIn {
 
 // addVCEK registers a VCEK under the URL KDS would serve it at.
 func (k *kdsStandIn) addVCEK(v *testVCEK, s vcekSpec) {
+	k.addCerts(s, v.cert, v.root.ask, v.root.ark)
+}
+
+// addCerts registers any VCEK for testChipID and the SPLs of s, and the
+// product's ASK and ARK.
+func (k *kdsStandIn) addCerts(s vcekSpec, vcek, ask, ark *x509.Certificate) {
 	hwid := hex.EncodeToString(testChipID[:])
 	if s.product == productTurin {
 		hwid = hex.EncodeToString(testChipID[:8])
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.vceks[kdsQueryKey(s.product, hwid, s.fmc, s.bl, s.tee, s.snp, s.ucode)] = v.cert.Raw
-	k.chains[string(s.product)] = []byte(pemCert(v.root.ask) + pemCert(v.root.ark))
+	k.vceks[kdsQueryKey(s.product, hwid, s.fmc, s.bl, s.tee, s.snp, s.ucode)] = vcek.Raw
+	k.chains[string(s.product)] = []byte(pemCert(ask) + pemCert(ark))
 }
 
 func (k *kdsStandIn) serve(w http.ResponseWriter, r *http.Request) {

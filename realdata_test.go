@@ -236,3 +236,28 @@ func copyDir(t *testing.T, from, to string) {
 		}
 	}
 }
+
+func BenchmarkParseTHIMReal(b *testing.B) {
+	doc := readSharedTestdata(b, "uvm_host_amd_certificate.json")
+	for b.Loop() {
+		if _, err := parseTHIM(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerifyEvidenceReal(b *testing.B) {
+	rep, err := parseReport(readSharedTestdata(b, "snp_report.bin"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	pc, err := parseTHIM(readSharedTestdata(b, "uvm_host_amd_certificate.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := verifyEvidence(rep, pc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
