@@ -32,7 +32,7 @@ func reportDataFor(runtimeData []byte) [64]byte {
 // rawReport asks the guest interface for a report over runtimeData.
 func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *snpReport, error) {
 	if s.tee == nil {
-		return nil, nil, newAPIError(http.StatusServiceUnavailable, s.teeErr, "attestation is unavailable")
+		return nil, nil, newAPIError(http.StatusServiceUnavailable, s.teeErr, "no SEV-SNP guest interface")
 	}
 	rd := reportDataFor(runtimeData)
 	// One command at a time: the SNP guest channel has one message sequence

@@ -63,6 +63,12 @@ func startTestServer(t testing.TB, cfg serverConfig, opts serverOptions) (string
 	if opts.SecurityContextRoot == "" {
 		opts.SecurityContextRoot = t.TempDir()
 	}
+	if opts.GuestInterfaces == nil {
+		// Never the machine's own device, so that the tests behave the same
+		// on an SNP VM (TestRealHardware is the one that uses it).
+		gi := absentGuestInterfaces(t)
+		opts.GuestInterfaces = &gi
+	}
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)

@@ -186,6 +186,7 @@ func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 // serverOptions lets tests replace what the server would otherwise discover.
 type serverOptions struct {
 	TEE                 teeDevice           // used instead of discovering a guest interface
+	GuestInterfaces     *guestInterfaces    // where to discover one; nil = the real paths
 	Roots               *x509.CertPool      // trust roots for upstream TLS; nil = system roots
 	Getenv              func(string) string // nil = os.Getenv
 	SecurityContextRoot string              // where security-context-* is looked for; "" = "/"
@@ -235,7 +236,11 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 
 	s.tee = opts.TEE
 	if s.tee == nil {
-		s.tee, s.teeErr = openTEE(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log})
+		gi := defaultGuestInterfaces
+		if opts.GuestInterfaces != nil {
+			gi = *opts.GuestInterfaces
+		}
+		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
 	}
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.tokens = newTokenProvider(tokenConfig{

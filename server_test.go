@@ -122,7 +122,7 @@ func TestServerWithoutDevice(t *testing.T) {
 	for _, path := range []string{"/attest/raw", "/attest/combined"} {
 		status, body := call(t, "POST", base+path, `{"runtime_data":"YWJj"}`)
 		msg, _ := body["error"].(string)
-		if status != http.StatusServiceUnavailable || !strings.Contains(msg, "-emulate") || !strings.Contains(msg, "/dev/sev-guest") {
+		if status != http.StatusServiceUnavailable || !strings.Contains(msg, "-emulate") || !strings.Contains(msg, "sev-guest (absent)") || !strings.HasPrefix(msg, "no SEV-SNP guest interface: looked for") {
 			t.Errorf("%s = %d %q, want 503 naming the paths and -emulate", path, status, msg)
 		}
 	}
@@ -181,7 +181,8 @@ func TestServeDrainsAndStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	opts := serverOptions{Getenv: envOf(nil), SecurityContextRoot: t.TempDir()}
+	gi := absentGuestInterfaces(t)
+	opts := serverOptions{Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi}
 	go func() { done <- serve(ctx, serverConfig{}, newLogger(io.Discard, slog.LevelWarn), opts, ready) }()
 	addr := <-ready
 	if status, _ := call(t, "GET", "http://"+addr+"/status", ""); status != 200 {

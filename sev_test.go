@@ -591,7 +591,7 @@ func TestDeviceGateAbandonedCommandHoldsDevice(t *testing.T) {
 // ---------------------------------------------------------------------------
 
 // absentGuestInterfaces points every interface at a path that does not exist.
-func absentGuestInterfaces(t *testing.T) guestInterfaces {
+func absentGuestInterfaces(t testing.TB) guestInterfaces {
 	dir := t.TempDir()
 	return guestInterfaces{
 		ConfigfsTSM:   filepath.Join(dir, "tsm", "report"),
