@@ -842,8 +842,9 @@ func TestREADMEConfigExample(t *testing.T) {
 		t.Skipf("no README: %v", err)
 	}
 	s := string(readme)
-	start, end := strings.Index(s, "<!-- SECTION:config -->"), strings.Index(s, "<!-- /SECTION:config -->")
-	if start < 0 || end < start {
+	start := strings.Index(s, "\n## Configuration\n")
+	end := start + 1 + strings.Index(s[start+1:], "\n## ")
+	if start < 0 || end <= start {
 		t.Fatal("README has no configuration section")
 	}
 	var examples int
