@@ -540,32 +540,18 @@ func TestImportGeneratedECKey(t *testing.T) {
 	}
 }
 
-// importIMDSStandIn answers like IMDS: GET, Metadata: true, a client_id and a
-// Key Vault resource; every number a string.
-func importIMDSStandIn(t *testing.T, clientID, token string) (string, *atomic.Int32) {
-	var n atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
-		q := r.URL.Query()
-		switch {
-		case r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/metadata/identity/oauth2/token"):
-			writeJSON(w, 404, map[string]string{"error": "not_found"})
-		case r.Header.Get("Metadata") != "true":
-			writeJSON(w, 400, map[string]string{"error": "bad_request_102", "error_description": "Required metadata header not specified"})
-		case q.Get("client_id") != clientID || strings.TrimSuffix(q.Get("resource"), "/") != "https://vault.azure.net" || q.Get("api-version") == "":
-			writeJSON(w, 400, map[string]string{"error": "invalid_request", "error_description": "query " + r.URL.RawQuery})
-		default:
-			writeJSON(w, 200, map[string]string{"access_token": token, "expires_in": "3599", "expires_on": "4102444800", "resource": "https://vault.azure.net/", "token_type": "Bearer"})
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL, &n
+// importIMDS is the IMDS stand-in of token_test.go issuing token to the
+// identity clientID.
+func importIMDS(t *testing.T, clientID, token string) (string, *atomic.Int32) {
+	imds := newIMDSStandIn(t, clientID)
+	imds.token = token
+	return imds.URL, &imds.calls
 }
 
 func TestImportWithManagedIdentityToken(t *testing.T) {
 	v := newVaultStandIn(t, "mi-key")
 	v.token = "token-from-imds"
-	imds, calls := importIMDSStandIn(t, "11111111-2222-3333-4444-555555555555", v.token)
+	imds, calls := importIMDS(t, "11111111-2222-3333-4444-555555555555", v.token)
 	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM", NoToken: true})
 	getenv := envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds})
 	code, out, errOut := runImport(t, v, getenv, "-a", "-c", cfg, "-kh", strings.Repeat("ab", 32), "-keydir", t.TempDir())
@@ -582,7 +568,7 @@ func TestImportDryRunSendsAndWritesNothing(t *testing.T) {
 	rsaKey, _ := testKeys(t)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	pemFile := writeTempFile(t, "key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))
-	imds, imdsCalls := importIMDSStandIn(t, "11111111-2222-3333-4444-555555555555", "imds-token")
+	imds, imdsCalls := importIMDS(t, "11111111-2222-3333-4444-555555555555", "imds-token")
 	getenv := envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds})
 	octHex := strings.Repeat("cd", 32)
 	for _, tc := range []struct {

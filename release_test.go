@@ -484,22 +484,28 @@ func TestKeyReleaseTTLExpires(t *testing.T) {
 
 // ---- bearer tokens ----
 
+// newReleaseIMDS is the IMDS stand-in of token_test.go, issuing token to the
+// system-assigned identity.
+func newReleaseIMDS(t testing.TB, token string) *imdsStandIn {
+	imds := newIMDSStandIn(t, "")
+	imds.token = token
+	return imds
+}
+
 func TestKeyReleaseBearerFromIMDS(t *testing.T) {
 	const imdsToken = "imds-issued-token-for-the-vault"
 	imds := newReleaseIMDS(t, imdsToken)
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, kvToken: imdsToken,
-		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL}})
 	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
 	k := releasedJWK(t, status, out)
 	if k.K != b64url(e.oct) {
 		t.Fatal("wrong key")
 	}
-	if imds.count() < 1 {
+	if imds.calls.Load() < 1 {
 		t.Fatal("IMDS was not asked for a token")
 	}
-	imds.mu.Lock()
-	res := imds.resources
-	imds.mu.Unlock()
+	res := imds.askedResources()
 	if len(res) == 0 || !strings.HasPrefix(res[0], "https://vault.azure.net") {
 		t.Errorf("IMDS resources = %q, want the Key Vault audience", res)
 	}
@@ -511,7 +517,7 @@ func TestKeyReleaseBearerFromIMDS(t *testing.T) {
 func TestKeyReleaseIMDSRefusesVaultToken(t *testing.T) {
 	imds := newReleaseIMDS(t, "a-token-the-vault-does-not-take")
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute,
-		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL}})
 	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
 	wantNoKey(t, status, out, http.StatusForbidden, "Key Vault", "IMDS")
 }
@@ -588,7 +594,7 @@ func TestKeyReleaseLogsNoSecrets(t *testing.T) {
 	const imdsToken = "imds-token-that-must-never-be-logged"
 	imds := newReleaseIMDS(t, imdsToken)
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: 0, kvToken: imdsToken,
-		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.srv.URL}})
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL}})
 	for _, kid := range []string{keyOct, keyRSA, keyEC} {
 		e.mustReleaseBody(t, e.releaseBody(kid, ""))
 	}

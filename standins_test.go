@@ -1093,52 +1093,6 @@ func standInReleasePolicy(authority, hostData string) []byte {
 	}}})
 }
 
-// ---- IMDS ----
-
-// releaseIMDS is the managed identity endpoint: plain http, Metadata: true,
-// numbers as strings.
-type releaseIMDS struct {
-	*standInFaults
-	srv   *httptest.Server
-	token string
-
-	mu        sync.Mutex
-	resources []string
-}
-
-func newReleaseIMDS(t testing.TB, token string) *releaseIMDS {
-	m := &releaseIMDS{standInFaults: newStandInFaults(), token: token}
-	m.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if m.intercept(w, r) {
-			return
-		}
-		if r.URL.Path != "/metadata/identity/oauth2/token" || r.Method != http.MethodGet {
-			http.NotFound(w, r)
-			return
-		}
-		if r.Header.Get("Metadata") != "true" {
-			writeJSON(w, 400, map[string]string{"error": "invalid_request", "error_description": "Required metadata header not specified"})
-			return
-		}
-		q := r.URL.Query()
-		if q.Get("api-version") == "" || q.Get("resource") == "" {
-			writeJSON(w, 400, map[string]string{"error": "invalid_request", "error_description": "api-version and resource are required"})
-			return
-		}
-		m.mu.Lock()
-		m.resources = append(m.resources, q.Get("resource"))
-		m.mu.Unlock()
-		exp := time.Now().Add(time.Hour).Unix()
-		writeJSON(w, 200, map[string]string{
-			"access_token": m.token, "refresh_token": "", "expires_in": "3599",
-			"expires_on": strconv.FormatInt(exp, 10), "not_before": strconv.FormatInt(time.Now().Unix(), 10),
-			"resource": q.Get("resource"), "token_type": "Bearer",
-		})
-	}))
-	t.Cleanup(func() { m.stop(); m.srv.Close() })
-	return m
-}
-
 // ---- the stand-ins themselves: they must refuse what the real services refuse ----
 
 func postJSON(t *testing.T, client *http.Client, url string, header http.Header, body []byte) (int, http.Header, string) {

@@ -61,6 +61,7 @@ type imdsStandIn struct {
 	*httptest.Server
 	scriptedFailures
 	clientID string        // the identity attached; "" = system-assigned only
+	token    string        // the token to issue; "" = a fresh random one each time
 	delay    time.Duration // before answering
 	now      func() time.Time
 	calls    atomic.Int32
@@ -84,7 +85,7 @@ var standInResources = map[string]bool{
 	"https://vault.azure.cn": true, "https://vault.usgovcloudapi.net": true,
 }
 
-func newIMDSStandIn(t *testing.T, clientID string) *imdsStandIn {
+func newIMDSStandIn(t testing.TB, clientID string) *imdsStandIn {
 	s := &imdsStandIn{clientID: clientID, now: time.Now}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	t.Cleanup(s.Close)
@@ -136,7 +137,10 @@ func (s *imdsStandIn) serve(w http.ResponseWriter, r *http.Request) {
 		imdsError(w, st, "unknown", fmt.Sprintf("scriptedFailures failure %d", st))
 		return
 	}
-	tok := randomTestSecret("imds.")
+	tok := s.token
+	if tok == "" {
+		tok = randomTestSecret("imds.")
+	}
 	s.mu.Lock()
 	s.issued = append(s.issued, tok)
 	s.mu.Unlock()
@@ -152,6 +156,12 @@ func (s *imdsStandIn) serve(w http.ResponseWriter, r *http.Request) {
 		"resource":       resource + "/",
 		"token_type":     "Bearer",
 	})
+}
+
+func (s *imdsStandIn) askedResources() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.resources...)
 }
 
 func (s *imdsStandIn) tokens() []string {
