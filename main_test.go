@@ -145,3 +145,25 @@ func TestHelpListsEverySubcommand(t *testing.T) {
 		}
 	}
 }
+
+func TestServeEntryPoints(t *testing.T) {
+	tests := []struct {
+		argv []string
+		code int
+		want string
+	}{
+		{[]string{"/skr.sh", "-h"}, 0, "Usage: skr [serve]"},
+		{[]string{"skr", "serve", "-h"}, 0, "-wrapping-key-ttl"},
+		{[]string{"skr", "-emulate", "-h"}, 0, "-emulate"},
+		{[]string{"/skr.sh", "-bogus"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"skr", "serve", "-loglevel", "loud"}, 2, "unknown log level"},
+		{[]string{"skr", "serve", "-port", "1", "a", "b", "c"}, 2, "too many arguments"},
+	}
+	for _, tc := range tests {
+		var out, errOut bytes.Buffer
+		code := dispatch(tc.argv, &out, &errOut)
+		if code != tc.code || !strings.Contains(out.String()+errOut.String(), tc.want) {
+			t.Errorf("%q: exit %d, output %q; want exit %d and %q", tc.argv, code, out.String()+errOut.String(), tc.code, tc.want)
+		}
+	}
+}
