@@ -202,7 +202,7 @@ func verifyEvidence(rep *snpReport, certs *platformCerts) error {
 	if len(rep.Raw) != reportSize {
 		return fmt.Errorf("report has %d raw bytes, want %d", len(rep.Raw), reportSize)
 	}
-	if err := verifyChain(certs); err != nil {
+	if err := verifyChainOnce(certs); err != nil {
 		return err
 	}
 	info, err := parseVCEKExtensions(certs.VCEK)
@@ -232,6 +232,49 @@ func verifyEvidence(rep *snpReport, certs *platformCerts) error {
 	if info.HWID != nil && !chipIDMasked(rep.ChipID) && !hwidMatchesChip(info.HWID, rep.ChipID) {
 		return fmt.Errorf("the VCEK is for hardware id %x, not for the report's CHIP_ID %x", info.HWID, rep.ChipID)
 	}
+	return nil
+}
+
+// verifiedChains remembers the chains whose signatures verified. The check
+// depends only on the certificates' bytes, and it is most of the cost of
+// checking evidence on every /attest/combined and release, where the same
+// chain comes back each time.
+var verifiedChains = struct {
+	sync.Mutex
+	m map[[sha512.Size384]byte]bool
+}{m: map[[sha512.Size384]byte]bool{}}
+
+// maxVerifiedChains bounds the memory: a host has one chain per TCB.
+const maxVerifiedChains = 64
+
+// verifyChainOnce is verifyChain, done once per distinct chain.
+func verifyChainOnce(pc *platformCerts) error {
+	if pc == nil || pc.VCEK == nil || pc.ASK == nil || pc.ARK == nil {
+		return verifyChain(pc)
+	}
+	h := sha512.New384()
+	for _, c := range []*x509.Certificate{pc.VCEK, pc.ASK, pc.ARK} {
+		// Length-prefixed, so that no two chains share a key.
+		h.Write([]byte(strconv.Itoa(len(c.Raw)) + ":"))
+		h.Write(c.Raw)
+	}
+	var key [sha512.Size384]byte
+	h.Sum(key[:0])
+	verifiedChains.Lock()
+	ok := verifiedChains.m[key]
+	verifiedChains.Unlock()
+	if ok {
+		return nil
+	}
+	if err := verifyChain(pc); err != nil {
+		return err
+	}
+	verifiedChains.Lock()
+	if len(verifiedChains.m) >= maxVerifiedChains {
+		clear(verifiedChains.m)
+	}
+	verifiedChains.m[key] = true
+	verifiedChains.Unlock()
 	return nil
 }
 
