@@ -17,6 +17,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,8 +55,9 @@ func newAPIError(status int, err error, format string, args ...any) *apiError {
 }
 
 // upstreamError is a final non-2xx answer from an upstream service, after
-// retries. Body is bounded and never holds secrets we sent (services do not
-// echo bearer tokens).
+// retries. Body, Code and Message are bounded and redacted: a service (or
+// anything posing as one) that echoes the request back must not get a
+// bearer token or an MAA token into a log line or an answer.
 type upstreamError struct {
 	Service    string // "MAA", "Key Vault", "IMDS", "AMD KDS", ...
 	StatusCode int
@@ -264,7 +267,7 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 			case resp.StatusCode/100 == 2:
 				return body, resp.Header, nil
 			default:
-				ue := parseUpstreamError(service, resp.StatusCode, body)
+				ue := parseUpstreamError(service, resp.StatusCode, body, requestSecrets(ctx, req))
 				if !retryable(resp.StatusCode) {
 					return nil, resp.Header, ue
 				}
@@ -330,25 +333,61 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 
 // parseUpstreamError pulls code and message out of the error shapes Azure
 // services use: {"error":{"code","message"}} (MAA, Key Vault) and
-// {"error","error_description"} (IMDS, Entra).
-func parseUpstreamError(service string, status int, body []byte) *upstreamError {
-	ue := &upstreamError{Service: service, StatusCode: status, Body: []byte(truncate(string(body), 1024))}
+// {"error","error_description"} (IMDS, Entra). Every text it keeps is
+// redacted of secrets.
+func parseUpstreamError(service string, status int, body []byte, secrets []string) *upstreamError {
+	text := redactSecrets(string(body), secrets)
+	ue := &upstreamError{Service: service, StatusCode: status, Body: []byte(truncate(text, 1024))}
 	var nested struct {
 		Error struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
-	if json.Unmarshal(body, &nested) == nil && (nested.Error.Code != "" || nested.Error.Message != "") {
-		ue.Code, ue.Message = nested.Error.Code, truncate(nested.Error.Message, 500)
+	if json.Unmarshal([]byte(text), &nested) == nil && (nested.Error.Code != "" || nested.Error.Message != "") {
+		ue.Code, ue.Message = truncate(nested.Error.Code, 100), truncate(nested.Error.Message, 500)
 		return ue
 	}
 	var flat struct {
 		Error       string `json:"error"`
 		Description string `json:"error_description"`
 	}
-	if json.Unmarshal(body, &flat) == nil && (flat.Error != "" || flat.Description != "") {
-		ue.Code, ue.Message = flat.Error, truncate(flat.Description, 500)
+	if json.Unmarshal([]byte(text), &flat) == nil && (flat.Error != "" || flat.Description != "") {
+		ue.Code, ue.Message = truncate(flat.Error, 100), truncate(flat.Description, 500)
 	}
 	return ue
+}
+
+type secretsKey struct{}
+
+// withSecrets names values that no upstream error may repeat, beyond the
+// request's own bearer token (which is always redacted).
+func withSecrets(ctx context.Context, secrets ...string) context.Context {
+	prev, _ := ctx.Value(secretsKey{}).([]string)
+	return context.WithValue(ctx, secretsKey{}, append(slices.Clip(prev), secrets...))
+}
+
+// requestSecrets are the secrets one upstream request carries.
+func requestSecrets(ctx context.Context, req *http.Request) []string {
+	secrets, _ := ctx.Value(secretsKey{}).([]string)
+	if auth := req.Header.Get("Authorization"); auth != "" {
+		_, token, _ := strings.Cut(auth, " ")
+		secrets = append(slices.Clip(secrets), auth, token)
+	}
+	return secrets
+}
+
+// jwtShaped matches compact JWS/JWT: Entra and IMDS access tokens, MAA
+// tokens and federated assertions all look like this.
+var jwtShaped = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*`)
+
+// redactSecrets removes the given secrets (those long enough to be one)
+// and anything shaped like a token from s.
+func redactSecrets(s string, secrets []string) string {
+	for _, secret := range secrets {
+		if len(secret) >= 8 {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
+	}
+	return jwtShaped.ReplaceAllString(s, "[redacted token]")
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -138,15 +140,15 @@ func TestStatusFor(t *testing.T) {
 }
 
 func TestParseUpstreamError(t *testing.T) {
-	ue := parseUpstreamError("Key Vault", 404, []byte(`{"error":{"code":"KeyNotFound","message":"A key with (name/id) k1 was not found"}}`))
+	ue := parseUpstreamError("Key Vault", 404, []byte(`{"error":{"code":"KeyNotFound","message":"A key with (name/id) k1 was not found"}}`), nil)
 	if ue.Code != "KeyNotFound" || !strings.Contains(ue.Error(), "k1 was not found") || !strings.Contains(ue.Error(), "HTTP 404") {
 		t.Errorf("nested shape: %+v / %v", ue, ue)
 	}
-	ue = parseUpstreamError("IMDS", 400, []byte(`{"error":"invalid_resource","error_description":"bad resource"}`))
+	ue = parseUpstreamError("IMDS", 400, []byte(`{"error":"invalid_resource","error_description":"bad resource"}`), nil)
 	if ue.Code != "invalid_resource" || ue.Message != "bad resource" {
 		t.Errorf("flat shape: %+v", ue)
 	}
-	ue = parseUpstreamError("AMD KDS", 502, []byte("<html>bad gateway</html>"))
+	ue = parseUpstreamError("AMD KDS", 502, []byte("<html>bad gateway</html>"), nil)
 	if !strings.Contains(ue.Error(), "bad gateway") {
 		t.Errorf("raw body: %v", ue)
 	}
@@ -292,5 +294,49 @@ func TestBackoffIsBoundedAndJittered(t *testing.T) {
 	}
 	if d := backoff(p, 1, time.Hour); d != time.Second {
 		t.Errorf("Retry-After is not capped: %v", d)
+	}
+}
+
+func TestUpstreamErrorsNeverRepeatSecrets(t *testing.T) {
+	const bearer = "opaque-bearer-token-0123456789"
+	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL3gifQ.c2lnbmF0dXJl"
+	const extra = "client-assertion-material"
+	// A service that echoes everything it was sent, in every error shape.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		echo := r.Header.Get("Authorization") + " " + string(body)
+		switch r.URL.Path {
+		case "/nested":
+			w.WriteHeader(400)
+			json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": echo, "message": echo}})
+		case "/flat":
+			w.WriteHeader(401)
+			json.NewEncoder(w).Encode(map[string]string{"error": echo, "error_description": echo})
+		default:
+			w.WriteHeader(403)
+			io.WriteString(w, "<html>"+echo+"</html>")
+		}
+	}))
+	defer srv.Close()
+	for _, path := range []string{"/nested", "/flat", "/raw"} {
+		ctx := withSecrets(context.Background(), extra)
+		_, _, err := doWithRetry(ctx, srv.Client(), "Key Vault", retryPolicy{Attempts: 1}, nil, func(ctx context.Context) (*http.Request, error) {
+			req, err := http.NewRequestWithContext(ctx, "POST", srv.URL+path, strings.NewReader(`{"target":"`+jwt+`","x":"`+extra+`"}`))
+			req.Header.Set("Authorization", "Bearer "+bearer)
+			return req, err
+		})
+		var ue *upstreamError
+		if !errors.As(err, &ue) {
+			t.Fatalf("%s: err = %v", path, err)
+		}
+		all := err.Error() + string(ue.Body) + ue.Code + ue.Message
+		for _, secret := range []string{bearer, jwt, extra, "eyJhbGciOiJSUzI1NiJ9"} {
+			if strings.Contains(all, secret) {
+				t.Errorf("%s: the error repeats a secret %q: %s", path, secret, all)
+			}
+		}
+		if !strings.Contains(all, "[redacted") {
+			t.Errorf("%s: nothing was redacted: %s", path, all)
+		}
 	}
 }

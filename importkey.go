@@ -894,6 +894,24 @@ func writePendingFiles(files []pendingFile) ([]pendingFile, error) {
 	return done, nil
 }
 
+// privateJWKMembers are the private members of the key in an import body:
+// an error answer must never repeat them.
+func privateJWKMembers(body []byte) []string {
+	var b struct {
+		Key jwk `json:"key"`
+	}
+	if json.Unmarshal(body, &b) != nil {
+		return nil
+	}
+	var out []string
+	for _, v := range []string{b.Key.D, b.Key.P, b.Key.Q, b.Key.DP, b.Key.DQ, b.Key.QI, b.Key.K} {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 func writeExclusive(path string, content []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -911,6 +929,7 @@ func writeExclusive(path string, content []byte) error {
 
 // putKey sends the import and returns the new key's id.
 func putKey(ctx context.Context, client *http.Client, retry retryPolicy, putURL, token string, body []byte) (string, error) {
+	ctx = withSecrets(ctx, privateJWKMembers(body)...)
 	resp, _, err := doWithRetry(ctx, client, "Key Vault", retry, nil, func(ctx context.Context) (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPut, putURL, bytes.NewReader(body))
 		if err != nil {

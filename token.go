@@ -229,7 +229,7 @@ func (p *tokenProvider) workloadIdentity(clientID, tenant, tokenFile, authority 
 			"client_assertion":      {assertion},
 			"scope":                 {resource + "/.default"},
 		}.Encode()
-		body, _, err := doWithRetry(ctx, p.cfg.Client, "Microsoft Entra ID", p.entraRetry, p.cfg.Log, func(ctx context.Context) (*http.Request, error) {
+		body, _, err := doWithRetry(withSecrets(ctx, assertion), p.cfg.Client, "Microsoft Entra ID", p.entraRetry, p.cfg.Log, func(ctx context.Context) (*http.Request, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenURL, strings.NewReader(form))
 			if err != nil {
 				return nil, err
