@@ -178,6 +178,9 @@ type importKeyEnv struct {
 	Client *http.Client        // nil = system roots (SSL_CERT_FILE honoured)
 	Getenv func(string) string // nil = os.Getenv
 	Retry  *retryPolicy        // nil = defaultRetry
+	// IdentityTokenHosts may get the -a token besides Key Vault and
+	// Managed HSM names (tests' stand-ins).
+	IdentityTokenHosts []string
 }
 
 // importPlan is a validated config plus flags: everything needed to act.
@@ -271,7 +274,7 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	if fl.Azure {
 		tokenSource = "managed identity (-a)"
 		if !fl.DryRun {
-			tp := newTokenProvider(tokenConfig{IdentityClientID: plan.ClientID, Getenv: env.Getenv, Client: env.Client, Log: slog.New(slog.DiscardHandler)})
+			tp := newTokenProvider(tokenConfig{IdentityClientID: plan.ClientID, Getenv: env.Getenv, Client: env.Client, Log: slog.New(slog.DiscardHandler), ExtraVaultHosts: env.IdentityTokenHosts})
 			if token, tokenSource, err = tp.Token(ctx, plan.Vault); err != nil {
 				return fail(fmt.Errorf("get a bearer token for %s: %w", plan.Vault, err))
 			}

@@ -242,6 +242,7 @@ func runImport(t *testing.T, v *vaultStandIn, getenv func(string) string, args .
 	env := importKeyEnv{Getenv: getenv, Retry: &retryPolicy{Attempts: 1}}
 	if v != nil {
 		env.Client = v.srv.Client()
+		env.IdentityTokenHosts = []string{v.srv.Listener.Addr().String()}
 	}
 	if env.Getenv == nil {
 		env.Getenv = envMap(nil)
@@ -561,6 +562,24 @@ func TestImportWithManagedIdentityToken(t *testing.T) {
 	}
 	if strings.Contains(out+errOut, v.token) {
 		t.Error("the IMDS token was printed")
+	}
+}
+
+// The identity's token opens every vault the identity may use: -a never
+// sends it to a host that is not a Key Vault or Managed HSM.
+func TestImportManagedIdentityTokenOnlyForVaultHosts(t *testing.T) {
+	v := newVaultStandIn(t, "mi-key")
+	imds, calls := importIMDS(t, "11111111-2222-3333-4444-555555555555", "token-from-imds")
+	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM", NoToken: true})
+	getenv := envMap(map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds})
+	var out, errOut bytes.Buffer
+	env := importKeyEnv{Getenv: getenv, Retry: &retryPolicy{Attempts: 1}, Client: v.srv.Client()} // no IdentityTokenHosts
+	code := importKeyMain([]string{"-a", "-c", cfg, "-kh", strings.Repeat("ab", 32), "-keydir", t.TempDir()}, &out, &errOut, env)
+	if code == 0 || !strings.Contains(errOut.String(), "is not a Key Vault or Managed HSM host") {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+	if calls.Load() != 0 || v.requests.Load() != 0 {
+		t.Errorf("IMDS asked %d times, vault %d times", calls.Load(), v.requests.Load())
 	}
 }
 

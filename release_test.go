@@ -131,6 +131,9 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 		Roots:          getStandInPKI().roots(),
 		Getenv:         func(k string) string { return env[k] },
 		RequestTimeout: o.timeout,
+		// The stand-in listens on 127.0.0.1; the identity's token goes
+		// only to vault hosts, and this is one.
+		IdentityTokenHosts: []string{e.kv.host},
 	}
 	e.url, e.logs = startTestServer(t, cfg, opts)
 	return e
@@ -965,4 +968,27 @@ func FuzzParseReleasePayload(f *testing.F) {
 			t.Fatal("unwrapped a ciphertext shorter than the modulus")
 		}
 	})
+}
+
+// The identity's token opens every vault the identity may use: it goes
+// only to Key Vault / Managed HSM hosts, never to whatever akv_endpoint a
+// request names.
+func TestKeyReleaseIdentityTokenOnlyForVaultHosts(t *testing.T) {
+	imds := newReleaseIMDS(t, "imds-token-for-vaults-only")
+	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, kvToken: "imds-token-for-vaults-only",
+		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL}})
+	body := fmt.Sprintf(`{"maa_endpoint":%q,"akv_endpoint":%q,"kid":%q}`, e.maa.host, e.maa.host, keyOct)
+	status, out := call(t, "POST", e.url+"/key/release", body)
+	msg, _ := out["error"].(string)
+	if status != http.StatusBadRequest || !strings.Contains(msg, "not a Key Vault or Managed HSM host") {
+		t.Fatalf("status %d, error %q", status, msg)
+	}
+	if n := imds.calls.Load(); n != 0 {
+		t.Errorf("IMDS was asked %d times for a token bound for %s", n, e.maa.host)
+	}
+	// With the caller's own token, any https host is the caller's business.
+	body = fmt.Sprintf(`{"maa_endpoint":%q,"akv_endpoint":%q,"kid":%q,"access_token":"caller-token"}`, e.maa.host, e.maa.host, keyOct)
+	if status, out := call(t, "POST", e.url+"/key/release", body); status == http.StatusBadRequest {
+		t.Errorf("access_token for another host refused: %v", out)
+	}
 }

@@ -191,6 +191,7 @@ type serverOptions struct {
 	Getenv              func(string) string // nil = os.Getenv
 	SecurityContextRoot string              // where security-context-* is looked for; "" = "/"
 	RequestTimeout      time.Duration       // overall deadline of one request; 0 = 30 s
+	IdentityTokenHosts  []string            // vault hosts besides *.vault.azure.net & co. that may get the identity's token
 }
 
 // server holds everything the handlers share.
@@ -248,6 +249,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Getenv:           s.getenv,
 		Client:           s.client,
 		Log:              log,
+		ExtraVaultHosts:  opts.IdentityTokenHosts,
 	})
 	s.rel = newReleaser(s)
 	return s, nil

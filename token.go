@@ -31,6 +31,9 @@ type tokenConfig struct {
 	Client           *http.Client        // nil = newUpstreamClient(nil)
 	Log              *slog.Logger        // nil = discard
 	Now              func() time.Time    // nil = time.Now
+	// ExtraVaultHosts may also receive the identity's token, besides the
+	// Key Vault and Managed HSM names of vaultResources (tests' stand-ins).
+	ExtraVaultHosts []string
 }
 
 const (
@@ -129,6 +132,9 @@ func vaultToken(ctx context.Context, client *http.Client, log *slog.Logger, vaul
 // tenant Y)", "managed identity via IMDS (client id X)" or "managed
 // identity via IMDS (system-assigned)"), for error messages.
 func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, source string, err error) {
+	if err := p.mayReceiveToken(vaultHost); err != nil {
+		return "", "", err
+	}
 	resource := vaultResource(vaultHost)
 	src, err := p.identity()
 	if err != nil {
@@ -383,16 +389,46 @@ var vaultResources = []struct{ suffix, resource string }{
 	{".managedhsm.usgovcloudapi.net", "https://managedhsm.usgovcloudapi.net"},
 }
 
+// mayReceiveToken refuses to hand the identity's token to a host that is
+// not a Key Vault or Managed HSM: the token opens every vault the identity
+// may use, so a mistyped or hostile akv_endpoint must not receive it.
+func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
+	host := normalizedVaultHost(vaultHost)
+	for _, v := range vaultResources {
+		if strings.HasSuffix(host, v.suffix) {
+			return nil
+		}
+	}
+	for _, h := range p.cfg.ExtraVaultHosts {
+		// Exact host and port: a stand-in shares its host with others.
+		if strings.EqualFold(strings.TrimSpace(h), strings.TrimSpace(vaultHost)) {
+			return nil
+		}
+	}
+	suffixes := make([]string, len(vaultResources))
+	for i, v := range vaultResources {
+		suffixes[i] = "*" + v.suffix
+	}
+	return newAPIError(http.StatusBadRequest, nil,
+		"%s is not a Key Vault or Managed HSM host (%s): the identity's token is sent only to those; for another host pass your own access_token",
+		host, strings.Join(suffixes, ", "))
+}
+
+// normalizedVaultHost is a host name without port, case or trailing dot.
+func normalizedVaultHost(host string) string {
+	host = strings.ToLower(strings.TrimSpace(host))
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.TrimSuffix(host, ".")
+}
+
 // vaultResource is the token audience for a vault host: Managed HSM or Key
 // Vault, with sovereign-cloud suffixes. Any other host (a private DNS name,
 // a test stand-in on 127.0.0.1) follows Microsoft's sidecar: Managed HSM
 // when the name contains "managedhsm", else public-cloud Key Vault.
 func vaultResource(host string) string {
-	host = strings.ToLower(strings.TrimSpace(host))
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	host = strings.TrimSuffix(host, ".")
+	host = normalizedVaultHost(host)
 	for _, v := range vaultResources {
 		if strings.HasSuffix(host, v.suffix) {
 			return v.resource

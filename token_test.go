@@ -864,3 +864,30 @@ func TestTokenNeverLogged(t *testing.T) {
 		}
 	}
 }
+
+func TestIdentityTokenOnlyForVaultHosts(t *testing.T) {
+	p := newTokenProvider(tokenConfig{ExtraVaultHosts: []string{"127.0.0.1:8443"}})
+	for host, ok := range map[string]bool{
+		"myvault.vault.azure.net":              true,
+		"MyVault.Vault.Azure.Net.":             true,
+		"myhsm.managedhsm.azure.net":           true,
+		"myvault.vault.azure.cn":               true,
+		"myvault.vault.usgovcloudapi.net":      true,
+		"myhsm.managedhsm.usgovcloudapi.net":   true,
+		"127.0.0.1:8443":                       true,
+		"127.0.0.1:9443":                       false,
+		"evil.example":                         false,
+		"vault.azure.net":                      false,
+		"myvault.vault.azure.net.evil.example": false,
+		"myvaultvault.azure.net":               false,
+		"managedhsm.evil.example":              false,
+	} {
+		err := p.mayReceiveToken(host)
+		if (err == nil) != ok {
+			t.Errorf("mayReceiveToken(%q) = %v, want ok=%v", host, err, ok)
+		}
+		if err != nil && statusFor(err) != http.StatusBadRequest {
+			t.Errorf("mayReceiveToken(%q): status %d", host, statusFor(err))
+		}
+	}
+}
