@@ -29,10 +29,18 @@ func reportDataFor(runtimeData []byte) [64]byte {
 	return rd
 }
 
+// requireTEE fails fast, with the reason, when there is no guest interface.
+func (s *server) requireTEE() error {
+	if s.tee == nil {
+		return newAPIError(http.StatusServiceUnavailable, s.teeErr, "no SEV-SNP guest interface")
+	}
+	return nil
+}
+
 // rawReport asks the guest interface for a report over runtimeData.
 func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *snpReport, error) {
-	if s.tee == nil {
-		return nil, nil, newAPIError(http.StatusServiceUnavailable, s.teeErr, "no SEV-SNP guest interface")
+	if err := s.requireTEE(); err != nil {
+		return nil, nil, err
 	}
 	rd := reportDataFor(runtimeData)
 	// One command at a time: the SNP guest channel has one message sequence
@@ -41,7 +49,11 @@ func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *sn
 	raw, err := s.tee.GetReport(ctx, rd)
 	s.deviceMu.Unlock()
 	if err != nil {
-		return nil, nil, newAPIError(http.StatusInternalServerError, err, "get SNP report from %s", s.tee.Name())
+		status := http.StatusInternalServerError
+		if isTimeout(err) { // waiting for the device (pacing, emulator keys)
+			status = http.StatusGatewayTimeout
+		}
+		return nil, nil, newAPIError(status, err, "get SNP report from %s", s.tee.Name())
 	}
 	rep, err := parseReport(raw)
 	if err != nil {

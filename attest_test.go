@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -331,5 +332,26 @@ func TestAttestConcurrentRequests(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// stuckDevice never answers before the caller's deadline, as a paced
+// /dev/sev-guest or an emulator still making its keys may not.
+type stuckDevice struct{}
+
+func (stuckDevice) Name() string   { return "stuck device" }
+func (stuckDevice) Emulated() bool { return false }
+func (stuckDevice) GetReport(ctx context.Context, _ [64]byte) ([]byte, error) {
+	<-ctx.Done()
+	return nil, context.Cause(ctx)
+}
+
+func TestAttestDeviceTimeoutIs504(t *testing.T) {
+	base, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: stuckDevice{}, RequestTimeout: 100 * time.Millisecond})
+	for _, path := range []string{"/attest/raw", "/attest/combined"} {
+		status, out := call(t, "POST", base+path, `{"runtime_data":"YWJj"}`)
+		if status != http.StatusGatewayTimeout {
+			t.Errorf("%s = %d %v, want 504", path, status, out)
+		}
 	}
 }

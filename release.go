@@ -515,7 +515,7 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := decodeKeyReleaseRequest(body)
-	clear(body) // it may hold a bearer token
+	clear(body) // our copy of the raw request; the decoded token lives on in p
 	if err != nil {
 		writeError(w, err)
 		return
@@ -548,6 +548,10 @@ func readRequestBody(r *http.Request) ([]byte, error) {
 // releaseKey does one release and returns the key as a JWK JSON string, or
 // the step that failed.
 func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step string, err error) {
+	// Before any token is fetched: without evidence there is no release.
+	if err := s.requireTEE(); err != nil {
+		return "", "evidence", err
+	}
 	bearer, source, err := s.bearerToken(ctx, p)
 	if err != nil {
 		return "", "token", err
@@ -562,6 +566,10 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	start := time.Now()
 	jws, err := s.requestKeyRelease(ctx, p.VaultHost, p.Key, bearer, cred.token)
 	if err != nil {
+		var ue *upstreamError
+		if p.AccessToken == "" && errors.As(err, &ue) && ue.StatusCode == http.StatusUnauthorized {
+			s.tokens.Forget(p.VaultHost)
+		}
 		return "", "Key Vault", keyVaultFailure(err, p, source, cred.hostData)
 	}
 	s.log.Log(ctx, levelTrace, "Key Vault answered", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "duration", time.Since(start).Round(time.Microsecond))
@@ -574,7 +582,7 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	if err != nil {
 		return "", "verify", newAPIError(http.StatusBadGateway, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
 	}
-	if err := env.checkBinding(p.Key, cred.key); err != nil {
+	if err := env.checkBinding(p.Key, p.VaultHost, cred.key); err != nil {
 		return "", "verify", newAPIError(http.StatusForbidden, err, "verify: the Key Vault response for key %q from %s is not for this request", p.Key.String(), p.VaultHost)
 	}
 	out, err := env.unwrap(cred.key)

@@ -330,15 +330,18 @@ func oaepHash(enc string) (func() hash.Hash, error) {
 	return nil, fmt.Errorf("wrapping algorithm %q is not one of %s, %s, %s", truncate(enc, 40), encRSAAESKeyWrapSHA1, encRSAAESKeyWrap256, encRSAAESKeyWrap384)
 }
 
-// checkBinding makes sure the response is for the key we asked for and is
-// wrapped to our wrapping key.
-func (e *releaseEnvelope) checkBinding(want keyRef, wk *wrappingKey) error {
+// checkBinding makes sure the response is for the key we asked for, in the
+// vault we asked, and is wrapped to our wrapping key.
+func (e *releaseEnvelope) checkBinding(want keyRef, vault string, wk *wrappingKey) error {
 	if e.WrappingKid != wk.kid {
 		return fmt.Errorf("key material is wrapped to key %q, not to this sidecar's wrapping key %q", truncate(e.WrappingKid, 100), wk.kid)
 	}
 	name, ver, err := keyIDParts(e.Kid)
 	if err != nil {
 		return err
+	}
+	if u, _ := url.Parse(e.Kid); !strings.EqualFold(hostOnly(u.Host), hostOnly(vault)) {
+		return fmt.Errorf("released key %q is not in vault %s", truncate(e.Kid, 200), vault)
 	}
 	if !strings.EqualFold(name, want.Name) {
 		return fmt.Errorf("released key %q is not key %q", truncate(e.Kid, 200), want.Name)

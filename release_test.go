@@ -521,8 +521,14 @@ func TestKeyReleaseIMDSRefusesVaultToken(t *testing.T) {
 	imds := newReleaseIMDS(t, "a-token-the-vault-does-not-take")
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute,
 		env: map[string]string{"AZURE_POD_IDENTITY_AUTHORITY_HOST": imds.URL}})
-	status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
-	wantNoKey(t, status, out, http.StatusForbidden, "Key Vault", "IMDS")
+	for i := 1; i <= 2; i++ {
+		status, out := call(t, "POST", e.url+"/key/release", e.releaseBody(keyOct, ""))
+		wantNoKey(t, status, out, http.StatusForbidden, "Key Vault", "IMDS")
+		// A refused token is not served again from the cache.
+		if n := imds.calls.Load(); n != int32(i) {
+			t.Fatalf("after %d refusals IMDS was asked %d times", i, n)
+		}
+	}
 }
 
 // ---- requests ----
@@ -990,5 +996,28 @@ func TestKeyReleaseIdentityTokenOnlyForVaultHosts(t *testing.T) {
 	body = fmt.Sprintf(`{"maa_endpoint":%q,"akv_endpoint":%q,"kid":%q,"access_token":"caller-token"}`, e.maa.host, e.maa.host, keyOct)
 	if status, out := call(t, "POST", e.url+"/key/release", body); status == http.StatusBadRequest {
 		t.Errorf("access_token for another host refused: %v", out)
+	}
+}
+
+func TestReleaseEnvelopeBinding(t *testing.T) {
+	wk := &wrappingKey{kid: "our-wrapping-kid"}
+	want := keyRef{Name: "mykey"}
+	tests := []struct {
+		name, kid, wrappedTo, vault string
+		ok                          bool
+	}{
+		{"ours", "https://myvault.vault.azure.net/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", true},
+		{"vault host case and port", "https://MyVault.vault.azure.net:443/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", true},
+		{"another vault", "https://other.vault.azure.net/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", false},
+		{"another key", "https://myvault.vault.azure.net/keys/otherkey/0123", "our-wrapping-kid", "myvault.vault.azure.net", false},
+		{"wrapped to someone else", "https://myvault.vault.azure.net/keys/mykey/0123", "their-kid", "myvault.vault.azure.net", false},
+		{"not a key id", "https://myvault.vault.azure.net/secrets/mykey", "our-wrapping-kid", "myvault.vault.azure.net", false},
+		{"plain http", "http://myvault.vault.azure.net/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", false},
+	}
+	for _, tc := range tests {
+		e := &releaseEnvelope{Kid: tc.kid, WrappingKid: tc.wrappedTo}
+		if err := e.checkBinding(want, tc.vault, wk); (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tc.name, err, tc.ok)
+		}
 	}
 }

@@ -126,6 +126,19 @@ func TestServerWithoutDevice(t *testing.T) {
 			t.Errorf("%s = %d %q, want 503 naming the paths and -emulate", path, status, msg)
 		}
 	}
+	// Release and MAA fail the same way, before any token or service is
+	// asked for: IMDS does not answer here, so asking it first would end
+	// in a 504 at the deadline instead.
+	for path, body := range map[string]string{
+		"/attest/maa":  `{"maa_endpoint":"sharedeus.eus.attest.azure.net","runtime_data":"YWJj"}`,
+		"/key/release": `{"maa_endpoint":"sharedeus.eus.attest.azure.net","akv_endpoint":"myvault.vault.azure.net","kid":"mykey"}`,
+	} {
+		status, out := call(t, "POST", base+path, body)
+		msg, _ := out["error"].(string)
+		if status != http.StatusServiceUnavailable || !strings.Contains(msg, "-emulate") {
+			t.Errorf("%s = %d %q, want 503 naming -emulate", path, status, msg)
+		}
+	}
 	if !strings.Contains(logs.String(), "no SEV-SNP guest interface") {
 		t.Errorf("start-up log does not say there is no device:\n%s", logs)
 	}

@@ -169,6 +169,19 @@ func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, sou
 	}
 }
 
+// Forget drops the cached token for vaultHost after the vault refused it
+// (revoked, or its role assignment changed), so the next call fetches anew
+// instead of failing until the token expires hours later.
+func (p *tokenProvider) Forget(vaultHost string) {
+	src, err := p.identity()
+	if err != nil {
+		return
+	}
+	p.mu.Lock()
+	delete(p.cache, tokenKey{src.name, vaultResource(vaultHost)})
+	p.mu.Unlock()
+}
+
 func (p *tokenProvider) runFetch(ctx context.Context, key tokenKey, src identitySource, resource string, call *tokenCall) {
 	tok, expires, err := src.fetch(ctx, resource)
 	if err != nil {
