@@ -25,6 +25,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/google/go-sev-guest/abi"
 	"hash"
 	"io"
 	"math/big"
@@ -463,7 +464,10 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("SnpReport: %w", err)
 	}
-	rep, err := parseReport(reportRaw)
+	// The stand-in reads and verifies reports with go-sev-guest, not with
+	// the sidecar's own parser and verifier: a bug the two shared would
+	// otherwise pass unseen.
+	rep, err := abi.ReportToProto(reportRaw)
 	if err != nil {
 		return nil, fmt.Errorf("SnpReport: %w", err)
 	}
@@ -482,7 +486,7 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 	if ark == nil || !certs.ARK.Equal(ark) {
 		return nil, errors.New("VcekCertChain: the ARK is not a trusted AMD root")
 	}
-	if err := verifyEvidence(rep, certs); err != nil {
+	if err := goSevGuestVerify(reportRaw, certs); err != nil {
 		return nil, fmt.Errorf("SnpReport does not verify with VcekCertChain: %w", err)
 	}
 
@@ -519,32 +523,32 @@ func (m *maaStandIn) attest(body []byte) (map[string]any, error) {
 	}
 	dataType, _ := standInString(rt["dataType"])
 	want := sha256.Sum256(data)
-	if !bytes.Equal(rep.ReportData[:32], want[:]) || !bytes.Equal(rep.ReportData[32:], make([]byte, 32)) {
+	if !bytes.Equal(rep.GetReportData()[:32], want[:]) || !bytes.Equal(rep.GetReportData()[32:], make([]byte, 32)) {
 		return nil, errors.New("REPORT_DATA is not sha256(runtimeData) followed by zeros")
 	}
 
 	now := time.Now().Unix()
 	jti := make([]byte, 32)
 	rand.Read(jti)
-	tcb := rep.ReportedTCB
+	tcb := rep.GetReportedTcb()
 	claims := map[string]any{
 		"iss": "https://" + m.host, "iat": now, "nbf": now, "exp": now + 8*3600,
 		"jti":                             hex.EncodeToString(jti),
 		"x-ms-ver":                        "1.0",
 		"x-ms-attestation-type":           "sevsnpvm",
-		"x-ms-sevsnpvm-hostdata":          hex.EncodeToString(rep.HostData[:]),
-		"x-ms-sevsnpvm-reportdata":        hex.EncodeToString(rep.ReportData[:]),
-		"x-ms-sevsnpvm-launchmeasurement": hex.EncodeToString(rep.Measurement[:]),
-		"x-ms-sevsnpvm-idkeydigest":       hex.EncodeToString(rep.IDKeyDigest[:]),
-		"x-ms-sevsnpvm-authorkeydigest":   hex.EncodeToString(rep.AuthorKeyDigest[:]),
-		"x-ms-sevsnpvm-reportid":          hex.EncodeToString(rep.ReportID[:]),
-		"x-ms-sevsnpvm-familyId":          hex.EncodeToString(rep.FamilyID[:]),
-		"x-ms-sevsnpvm-imageId":           hex.EncodeToString(rep.ImageID[:]),
-		"x-ms-sevsnpvm-guestsvn":          rep.GuestSVN,
-		"x-ms-sevsnpvm-vmpl":              rep.VMPL,
-		"x-ms-sevsnpvm-is-debuggable":     rep.Debuggable(),
-		"x-ms-sevsnpvm-migration-allowed": rep.Policy&(1<<18) != 0,
-		"x-ms-sevsnpvm-smt-allowed":       rep.Policy&(1<<16) != 0,
+		"x-ms-sevsnpvm-hostdata":          hex.EncodeToString(rep.GetHostData()),
+		"x-ms-sevsnpvm-reportdata":        hex.EncodeToString(rep.GetReportData()),
+		"x-ms-sevsnpvm-launchmeasurement": hex.EncodeToString(rep.GetMeasurement()),
+		"x-ms-sevsnpvm-idkeydigest":       hex.EncodeToString(rep.GetIdKeyDigest()),
+		"x-ms-sevsnpvm-authorkeydigest":   hex.EncodeToString(rep.GetAuthorKeyDigest()),
+		"x-ms-sevsnpvm-reportid":          hex.EncodeToString(rep.GetReportId()),
+		"x-ms-sevsnpvm-familyId":          hex.EncodeToString(rep.GetFamilyId()),
+		"x-ms-sevsnpvm-imageId":           hex.EncodeToString(rep.GetImageId()),
+		"x-ms-sevsnpvm-guestsvn":          rep.GetGuestSvn(),
+		"x-ms-sevsnpvm-vmpl":              rep.GetVmpl(),
+		"x-ms-sevsnpvm-is-debuggable":     rep.GetPolicy()&(1<<19) != 0,
+		"x-ms-sevsnpvm-migration-allowed": rep.GetPolicy()&(1<<18) != 0,
+		"x-ms-sevsnpvm-smt-allowed":       rep.GetPolicy()&(1<<16) != 0,
 		"x-ms-sevsnpvm-bootloader-svn":    tcb & 0xff,
 		"x-ms-sevsnpvm-tee-svn":           (tcb >> 8) & 0xff,
 		"x-ms-sevsnpvm-snpfw-svn":         (tcb >> 48) & 0xff,
