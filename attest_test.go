@@ -69,7 +69,7 @@ func startEvidenceServer(t *testing.T, dev teeDevice, thim, refInfo []byte) (str
 	})
 }
 
-func writeFileB64(t *testing.T, dir, name string, content []byte) {
+func writeFileB64(t testing.TB, dir, name string, content []byte) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(base64.StdEncoding.EncodeToString(content)+"\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -223,7 +223,7 @@ func benchServer(b *testing.B, dev teeDevice, thim []byte) http.Handler {
 	b.Helper()
 	dir := b.TempDir()
 	if thim != nil {
-		writeFileB64Bench(b, dir, fileHostAMDCert, thim)
+		writeFileB64(b, dir, fileHostAMDCert, thim)
 	}
 	s, err := newServer(serverConfig{}, slog.New(slog.NewTextHandler(io.Discard, nil)), serverOptions{
 		TEE: dev, Getenv: envOf(map[string]string{"UVM_SECURITY_CONTEXT_DIR": dir}), SecurityContextRoot: dir,
@@ -233,12 +233,6 @@ func benchServer(b *testing.B, dev teeDevice, thim []byte) http.Handler {
 	}
 	b.Cleanup(s.rel.Close)
 	return s.routes()
-}
-
-func writeFileB64Bench(b *testing.B, dir, name string, content []byte) {
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(base64.StdEncoding.EncodeToString(content)), 0o644); err != nil {
-		b.Fatal(err)
-	}
 }
 
 func benchEndpoint(b *testing.B, h http.Handler, path string) {
