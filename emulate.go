@@ -140,34 +140,11 @@ func amdName(cn string) pkix.Name {
 func emulatedChain(arkKey, askKey *rsa.PrivateKey, vcek *ecdsa.PrivateKey, tcb milanTCB, hwID []byte) (*platformCerts, error) {
 	now := time.Now().Add(-time.Hour) // tolerate a verifier's clock a little behind
 	crl := "https://kdsintf.amd.com/vcek/v1/" + emulatedProductLine + "/crl"
-	arkTmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               amdName("ARK-" + emulatedProductLine),
-		Issuer:                amdName("ARK-" + emulatedProductLine),
-		NotBefore:             now,
-		NotAfter:              now.AddDate(25, 0, 0),
-		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		CRLDistributionPoints: []string{crl},
-	}
-	ark, err := createCert(arkTmpl, arkTmpl, &arkKey.PublicKey, arkKey)
+	ark, err := createCert(amdCATemplate("ARK-"+emulatedProductLine, crl, now), nil, &arkKey.PublicKey, arkKey)
 	if err != nil {
 		return nil, fmt.Errorf("emulated ARK: %w", err)
 	}
-	askTmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               amdName("SEV-" + emulatedProductLine),
-		NotBefore:             now,
-		NotAfter:              now.AddDate(25, 0, 0),
-		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		CRLDistributionPoints: []string{crl},
-	}
-	ask, err := createCert(askTmpl, ark, &askKey.PublicKey, arkKey)
+	ask, err := createCert(amdCATemplate("SEV-"+emulatedProductLine, crl, now), ark, &askKey.PublicKey, arkKey)
 	if err != nil {
 		return nil, fmt.Errorf("emulated ASK: %w", err)
 	}
@@ -196,7 +173,27 @@ func emulatedChain(arkKey, askKey *rsa.PrivateKey, vcek *ecdsa.PrivateKey, tcb m
 	return &platformCerts{VCEK: vcekCert, ASK: ask, ARK: ark, ChainPEM: chain.Bytes(), TCB: tcb.u64()}, nil
 }
 
+// amdCATemplate is an ARK or ASK as AMD issues them: a CA signing with
+// RSASSA-PSS SHA-384, with AMD's name and CRL location.
+func amdCATemplate(commonName, crl string, notBefore time.Time) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               amdName(commonName),
+		NotBefore:             notBefore,
+		NotAfter:              notBefore.AddDate(25, 0, 0),
+		SignatureAlgorithm:    x509.SHA384WithRSAPSS,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		CRLDistributionPoints: []string{crl},
+	}
+}
+
+// createCert signs tmpl with signer; a nil parent makes it self-signed.
 func createCert(tmpl, parent *x509.Certificate, pub any, signer any) (*x509.Certificate, error) {
+	if parent == nil {
+		parent = tmpl
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
 		return nil, err
