@@ -1,16 +1,12 @@
 package main
 
-// Evidence: an SNP report bound to the caller's runtime data, the AMD
-// certificates that match its TCB, and the UVM endorsements; the
-// /attest/raw and /attest/combined handlers.
-
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // evidence is everything a verifier needs about one report.
@@ -19,14 +15,6 @@ type evidence struct {
 	Parsed           *snpReport     // Report, parsed
 	Certs            *platformCerts // VCEK, ASK, ARK matching Parsed.ReportedTCB; verified
 	UVMReferenceInfo []byte         // COSE_Sign1, may be empty
-}
-
-// reportDataFor binds runtime data to a report: sha256 followed by zeros.
-func reportDataFor(runtimeData []byte) [64]byte {
-	var rd [64]byte
-	h := sha256.Sum256(runtimeData)
-	copy(rd[:], h[:])
-	return rd
 }
 
 // requireTEE fails fast, with the reason, when there is no guest interface.
@@ -139,4 +127,44 @@ func (s *server) handleAttestCombined(w http.ResponseWriter, r *http.Request) {
 		Evidence:        base64.StdEncoding.EncodeToString(ev.Report),
 		UVMEndorsements: base64.StdEncoding.EncodeToString(ev.UVMReferenceInfo),
 	})
+}
+
+type maaAttestRequest struct {
+	MAAEndpoint string `json:"maa_endpoint"`
+	RuntimeData string `json:"runtime_data"`
+}
+
+func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
+	var req maaAttestRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	host, err := normalizeEndpoint("maa_endpoint", req.MAAEndpoint)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	runtimeData, err := requiredBase64("runtime_data", req.RuntimeData)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	defer cancel()
+	start := time.Now()
+	ev, err := s.evidence(ctx, runtimeData)
+	if err != nil {
+		s.log.Warn("attest/maa failed", "step", "evidence", "maa_endpoint", host, "err", err)
+		writeError(w, err)
+		return
+	}
+	tok, err := s.attestMAA(ctx, host, ev, runtimeData)
+	if err != nil {
+		s.log.Warn("attest/maa failed", "step", "MAA", "maa_endpoint", host, "err", err)
+		writeError(w, err)
+		return
+	}
+	s.log.Info("MAA token issued", "maa_endpoint", host, "duration", time.Since(start).Round(time.Microsecond))
+	writeJSON(w, http.StatusOK, map[string]string{"token": tok.Token})
 }

@@ -1,9 +1,5 @@
 package main
 
-// The seed's test clients, attest_client.sh and skr_client.sh, as
-// subcommands: they call the sidecar every few seconds and leave the last
-// answers in .out files for `az container exec ... cat /raw.out`.
-
 import (
 	"bytes"
 	"context"
@@ -275,29 +271,4 @@ func releasedKeySummary(body []byte) string {
 		return "a key that is not a JSON Web Key"
 	}
 	return fmt.Sprintf("released key kty=%s kid=%s", k.Kty, k.Kid)
-}
-
-// writeFileAtomic writes a temporary file beside path and renames it, so a
-// reader never sees half an answer.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	name := tmp.Name()
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(name, path)
-	}
-	if err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -1,10 +1,7 @@
 package main
 
-// skr digest (link: securitypolicydigest): the sha-256 of a base64 security
-// policy, which is what the platform puts in HOST_DATA and MAA reports as
-// x-ms-sevsnpvm-hostdata.
-
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"flag"
@@ -97,4 +94,14 @@ func decodePolicyBase64(b64 string) ([]byte, error) {
 		return nil, fmt.Errorf("the policy is not padded standard base64 (length %d is not a multiple of 4): standard base64 with padding is required", len(s))
 	}
 	return nil, fmt.Errorf("the policy is not standard base64 with padding: %w", err)
+}
+
+// policyDigest is the sha-256 of a base64 (standard) security policy: the
+// value of x-ms-sevsnpvm-hostdata.
+func policyDigest(b64 string) ([32]byte, error) {
+	raw, err := decodeStdBase64File([]byte(b64))
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("security policy: %w", err)
+	}
+	return sha256.Sum256(raw), nil
 }

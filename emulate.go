@@ -1,10 +1,5 @@
 package main
 
-// The software SEV-SNP emulator behind -emulate: reports with the real
-// layout, signed by a VCEK that a software ASK and ARK certify. Nothing real
-// trusts that chain; it exists so that the sidecar, its clients and the
-// stand-in services can be developed and tested on any Linux box.
-
 import (
 	"bytes"
 	"context"
@@ -274,7 +269,8 @@ func newEmulatorWith(id *emulatorIdentity, policy []byte) *emulator {
 	return e
 }
 
-func (e *emulator) Name() string   { return "emulator" }
+func (e *emulator) Name() string { return "emulator" }
+
 func (e *emulator) Emulated() bool { return true }
 
 func (e *emulator) PlatformCerts(ctx context.Context) (*platformCerts, error) {

@@ -1,9 +1,5 @@
 package main
 
-// AES Key Wrap with Padding (RFC 5649) on top of crypto/aes: the one
-// primitive skr builds itself, because the standard library has none and
-// Key Vault's CKM_RSA_AES_KEY_WRAP release answers need it.
-
 import (
 	"crypto/aes"
 	"crypto/cipher"

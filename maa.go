@@ -1,8 +1,5 @@
 package main
 
-// Microsoft Azure Attestation (MAA) for SEV-SNP: the attest request built
-// exactly as MAA expects it, and the call that turns evidence into a token.
-
 import (
 	"bytes"
 	"context"

@@ -1,5 +1,3 @@
-// Command skr is a Secure Key Release sidecar for confidential containers on
-// AMD SEV-SNP, and the tools around it, in one static binary.
 package main
 
 import (

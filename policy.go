@@ -1,232 +1,132 @@
 package main
 
-// The sidecar's inputs: SkrSideCarArgs, and the UVM security context (the
-// security policy, the platform certificates and the UVM reference info)
-// that the container platform hands to the container group.
-
 import (
-	"crypto/sha256"
-	"encoding/base64"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 )
 
-// SkrSideCarArgs is the JSON carried base64-encoded in -base64 /
-// SkrSideCarArgs. It is a superset of the upstream sidecar's fields.
-type SkrSideCarArgs struct {
-	CertCache certCacheConfig `json:"certcache"`
-	Identity  struct {
-		ClientID string `json:"client_id"`
-	} `json:"identity"`
-	MAAConfig struct {
-		UserAgent string `json:"user_agent"`
-	} `json:"maaconfig"`
+// releaseClaim is one condition of a release policy. Equals keeps the
+// value's JSON as written (production policies write "false" and "0" as
+// strings, and the service compares string forms).
+type releaseClaim struct {
+	Claim  string          `json:"claim"`
+	Equals json.RawMessage `json:"equals"`
 }
 
-// certCacheConfig says where fresh AMD certificates come from.
-type certCacheConfig struct {
-	EndpointType string `json:"endpoint_type"` // AMD | AzCache | LocalTHIM
-	Endpoint     string `json:"endpoint"`      // host[/path]
-	TEEType      string `json:"tee_type"`      // SevSnpVM | Milan | Genoa | Turin
-	APIVersion   string `json:"api_version"`   // "api-version=..."
-	ClientID     string `json:"client_id"`     // "clientId=..."
+type claimSets [][]releaseClaim
+
+// UnmarshalJSON takes [[{claim,equals},...],...] or the older flat
+// [{claim,equals},...], which is one allOf list.
+func (c *claimSets) UnmarshalJSON(b []byte) error {
+	var nested [][]releaseClaim
+	if err := json.Unmarshal(b, &nested); err == nil {
+		*c = nested
+		return nil
+	}
+	var flat []releaseClaim
+	if err := json.Unmarshal(b, &flat); err != nil {
+		return errors.New(`"claims" must be a list of lists of {"claim", "equals"} (or one flat list)`)
+	}
+	if len(flat) > 0 {
+		*c = claimSets{flat}
+	}
+	return nil
 }
 
-// parseSkrSideCarArgs decodes the base64 (standard) JSON. Empty means
-// defaults everywhere.
-func parseSkrSideCarArgs(b64 string) (*SkrSideCarArgs, error) {
-	args := &SkrSideCarArgs{}
-	b64 = strings.TrimSpace(b64)
-	if b64 == "" {
-		return args, nil
+// releasePolicy is the policy grammar's subset importkey writes.
+type releasePolicy struct {
+	Version string            `json:"version"`
+	AnyOf   []policyAuthority `json:"anyOf"`
+}
+
+type policyAuthority struct {
+	Authority string         `json:"authority"`
+	AllOf     []releaseClaim `json:"allOf"`
+}
+
+// wireReleasePolicy is how a policy travels to Key Vault.
+type wireReleasePolicy struct {
+	ContentType string `json:"contentType"`
+	Data        string `json:"data"` // b64url-raw of the policy JSON
+	Immutable   bool   `json:"immutable"`
+}
+
+// buildReleasePolicy makes one anyOf entry per claims list, all with the
+// same authority.
+func buildReleasePolicy(authority string, top, underKey claimSets, warnings *[]string) (releasePolicy, error) {
+	sets := top
+	switch {
+	case len(top) > 0 && len(underKey) > 0:
+		return releasePolicy{}, errors.New(`claims are given both at the top level and under "key": keep one`)
+	case len(underKey) > 0:
+		sets = underKey
 	}
-	raw, err := base64.StdEncoding.DecodeString(b64)
-	if err != nil {
-		return nil, fmt.Errorf("SkrSideCarArgs is not standard base64: %w", err)
+	if len(sets) == 0 {
+		return releasePolicy{}, errors.New(`no claims: a release policy needs at least one list of {"claim", "equals"}, e.g. x-ms-sevsnpvm-hostdata from skr digest`)
 	}
-	if err := json.Unmarshal(raw, args); err != nil {
-		return nil, fmt.Errorf("SkrSideCarArgs is not the expected JSON object: %w", err)
+	pol := releasePolicy{Version: "1.0.0"}
+	for i, set := range sets {
+		if len(set) == 0 {
+			return releasePolicy{}, fmt.Errorf("claims list %d is empty: it would allow any token from %s", i+1, authority)
+		}
+		for j, c := range set {
+			if err := checkClaim(c); err != nil {
+				return releasePolicy{}, fmt.Errorf("claims list %d, condition %d: %w", i+1, j+1, err)
+			}
+		}
+		if !hasClaim(set, hostDataClaim) {
+			*warnings = append(*warnings, fmt.Sprintf("claims list %d does not pin %s: any container group whose token satisfies the rest may get the key", i+1, hostDataClaim))
+		}
+		if hasClaimValue(set, hostDataClaim, `"`+strings.Repeat("0", 64)+`"`) {
+			*warnings = append(*warnings, fmt.Sprintf("claims list %d: %s is all zeros, the example's placeholder: put the digest of your policy (skr digest)", i+1, hostDataClaim))
+		}
+		pol.AnyOf = append(pol.AnyOf, policyAuthority{Authority: authority, AllOf: set})
 	}
-	switch args.CertCache.EndpointType {
-	case "", "AMD", "AzCache", "LocalTHIM":
+	return pol, nil
+}
+
+const hostDataClaim = "x-ms-sevsnpvm-hostdata"
+
+func hasClaim(set []releaseClaim, name string) bool {
+	for _, c := range set {
+		if c.Claim == name {
+			return true
+		}
+	}
+	return false
+}
+
+func hasClaimValue(set []releaseClaim, name, valueJSON string) bool {
+	for _, c := range set {
+		if c.Claim == name && string(bytes.TrimSpace(c.Equals)) == valueJSON {
+			return true
+		}
+	}
+	return false
+}
+
+func checkClaim(c releaseClaim) error {
+	if strings.TrimSpace(c.Claim) == "" {
+		return errors.New(`"claim" is missing`)
+	}
+	if len(c.Equals) == 0 {
+		return fmt.Errorf(`claim %q has no "equals" value`, c.Claim)
+	}
+	var v any
+	if err := json.Unmarshal(c.Equals, &v); err != nil {
+		return fmt.Errorf("claim %q: %w", c.Claim, err)
+	}
+	switch v := v.(type) {
+	case string:
+		if c.Claim == hostDataClaim && !lowerHex64.MatchString(v) {
+			return fmt.Errorf("%s %q is not 64 lower-case hex digits: compute it with skr digest -f POLICY.base64", hostDataClaim, v)
+		}
+	case bool, float64:
 	default:
-		return nil, fmt.Errorf("SkrSideCarArgs: certcache.endpoint_type %q is not one of AMD, AzCache, LocalTHIM", args.CertCache.EndpointType)
+		return fmt.Errorf(`claim %q: "equals" must be a string, number or boolean`, c.Claim)
 	}
-	return args, nil
-}
-
-// uvmInputs is what the platform tells the container group about itself.
-// Every field may be empty: a container outside Confidential ACI has none.
-type uvmInputs struct {
-	SecurityPolicy []byte // decoded policy text (Rego)
-	HostAMDCert    []byte // decoded THIM JSON (vcekCert, certificateChain, tcbm)
-	ReferenceInfo  []byte // decoded UVM reference info (COSE_Sign1)
-	Source         string // where they were found, for /status and logs
-}
-
-// PolicyDigest is HOST_DATA as the platform sets it: sha256 of the decoded
-// policy. ok is false when there is no policy.
-func (u *uvmInputs) PolicyDigest() (digest [32]byte, ok bool) {
-	if len(u.SecurityPolicy) == 0 {
-		return digest, false
-	}
-	return sha256.Sum256(u.SecurityPolicy), true
-}
-
-const (
-	fileSecurityPolicy = "security-policy-base64"
-	fileHostAMDCert    = "host-amd-cert-base64"
-	fileReferenceInfo  = "reference-info-base64"
-)
-
-// loadUVMInputs finds the security context: the directory named by
-// UVM_SECURITY_CONTEXT_DIR, else the first security-context-* directory
-// under root, else the legacy environment variables. The environment is
-// also used when the directory holds no reference info, as upstream does.
-func loadUVMInputs(getenv func(string) string, root string) (*uvmInputs, error) {
-	dir := getenv("UVM_SECURITY_CONTEXT_DIR")
-	if dir == "" {
-		dir = findSecurityContextDir(root)
-	}
-	in := &uvmInputs{}
-	if dir != "" {
-		var err error
-		if in, err = loadSecurityContextDir(dir); err != nil {
-			return nil, err
-		}
-	}
-	if len(in.ReferenceInfo) == 0 {
-		env, err := loadSecurityContextEnv(getenv)
-		if err != nil {
-			return nil, err
-		}
-		if env.Source != "" {
-			if len(in.SecurityPolicy) == 0 {
-				in.SecurityPolicy = env.SecurityPolicy
-			}
-			if len(in.HostAMDCert) == 0 {
-				in.HostAMDCert = env.HostAMDCert
-			}
-			in.ReferenceInfo = env.ReferenceInfo
-			in.Source = strings.TrimPrefix(in.Source+" + "+env.Source, " + ")
-		}
-	}
-	return in, nil
-}
-
-// findSecurityContextDir returns the first (by name) directory under root
-// whose name starts with "security-context-", or "".
-func findSecurityContextDir(root string) string {
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		return ""
-	}
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), "security-context-") {
-			names = append(names, e.Name())
-		}
-	}
-	if len(names) == 0 {
-		return ""
-	}
-	sort.Strings(names)
-	return filepath.Join(root, names[0])
-}
-
-func loadSecurityContextDir(dir string) (*uvmInputs, error) {
-	in := &uvmInputs{Source: dir}
-	for _, f := range []struct {
-		name string
-		dst  *[]byte
-	}{
-		{fileSecurityPolicy, &in.SecurityPolicy},
-		{fileHostAMDCert, &in.HostAMDCert},
-		{fileReferenceInfo, &in.ReferenceInfo},
-	} {
-		path := filepath.Join(dir, f.name)
-		raw, err := readBounded(path, 1<<20)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("security context: %w", err)
-		}
-		if *f.dst, err = decodeStdBase64File(raw); err != nil {
-			return nil, fmt.Errorf("security context %s: %w", path, err)
-		}
-	}
-	return in, nil
-}
-
-func loadSecurityContextEnv(getenv func(string) string) (*uvmInputs, error) {
-	in := &uvmInputs{}
-	var names []string
-	for _, v := range []struct {
-		name string
-		dst  *[]byte
-	}{
-		{"UVM_SECURITY_POLICY", &in.SecurityPolicy},
-		{"UVM_HOST_AMD_CERTIFICATE", &in.HostAMDCert},
-		{"UVM_REFERENCE_INFO", &in.ReferenceInfo},
-	} {
-		s := getenv(v.name)
-		if s == "" {
-			continue
-		}
-		var err error
-		if *v.dst, err = decodeStdBase64File([]byte(s)); err != nil {
-			return nil, fmt.Errorf("environment variable %s: %w", v.name, err)
-		}
-		names = append(names, v.name)
-	}
-	if len(names) > 0 {
-		in.Source = "env " + strings.Join(names, ",")
-	}
-	return in, nil
-}
-
-// decodeStdBase64File decodes standard padded base64, ignoring white space
-// around it (files usually end in a newline).
-func decodeStdBase64File(raw []byte) ([]byte, error) {
-	s := strings.TrimSpace(string(raw))
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		return nil, fmt.Errorf("not standard base64: %w", err)
-	}
-	return b, nil
-}
-
-// policyDigest is the sha-256 of a base64 (standard) security policy: the
-// value of x-ms-sevsnpvm-hostdata.
-func policyDigest(b64 string) ([32]byte, error) {
-	raw, err := decodeStdBase64File([]byte(b64))
-	if err != nil {
-		return [32]byte{}, fmt.Errorf("security policy: %w", err)
-	}
-	return sha256.Sum256(raw), nil
-}
-
-// readBounded reads a whole file, refusing one larger than limit.
-func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return b, nil
+	return nil
 }

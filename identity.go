@@ -1,21 +1,11 @@
 package main
 
-// Bearer tokens for Key Vault / Managed HSM: AKS workload identity, then
-// the IMDS managed identity; cached until shortly before they expire.
-//
-// The request's own access_token (POST /key/release) is handled by the
-// release code and never reaches this file.
-//
-// For the importkey tool: vaultToken gets a token the same way the server
-// does, for one vault host and an optional user-assigned client id.
-
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -425,15 +415,6 @@ func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
 	return newAPIError(http.StatusBadRequest, nil,
 		"%s is not a Key Vault or Managed HSM host (%s): the identity's token is sent only to those; for another host pass your own access_token",
 		host, strings.Join(suffixes, ", "))
-}
-
-// normalizedVaultHost is a host name without port, case or trailing dot.
-func normalizedVaultHost(host string) string {
-	host = strings.ToLower(strings.TrimSpace(host))
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	return strings.TrimSuffix(host, ".")
 }
 
 // vaultResource is the token audience for a vault host: Managed HSM or Key

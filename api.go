@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// maxRequestBody bounds what a client may send us.
+const maxRequestBody = 1 << 20
+
+// apiError is an error that knows the HTTP status the sidecar answers with.
+// Its message is written for the user: what failed, at which step, and what
+// to do about it.
+type apiError struct {
+	Status int
+	Msg    string
+	Err    error
+}
+
+func (e *apiError) Error() string {
+	if e.Err == nil {
+		return e.Msg
+	}
+	return e.Msg + ": " + e.Err.Error()
+}
+
+func (e *apiError) Unwrap() error { return e.Err }
+
+// newAPIError wraps err with a status and a user-facing message.
+func newAPIError(status int, err error, format string, args ...any) *apiError {
+	return &apiError{Status: status, Msg: fmt.Sprintf(format, args...), Err: err}
+}
+
+// statusFor maps any error to the status the sidecar answers with.
+func statusFor(err error) int {
+	var ae *apiError
+	if errors.As(err, &ae) && ae.Status != 0 {
+		return ae.Status
+	}
+	if isTimeout(err) {
+		return http.StatusGatewayTimeout
+	}
+	var ue *upstreamError
+	if errors.As(err, &ue) {
+		if ue.StatusCode == http.StatusUnauthorized || ue.StatusCode == http.StatusForbidden {
+			return http.StatusForbidden
+		}
+		return http.StatusBadGateway
+	}
+	return http.StatusInternalServerError
+}
+
+// writeJSON writes v with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body = []byte(`{"error":"encode response"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
+
+// writeError answers with {"error": ...} and the status err maps to.
+func writeError(w http.ResponseWriter, err error) {
+	writeJSON(w, statusFor(err), map[string]string{"error": err.Error()})
+}
+
+// decodeBody reads a bounded JSON request body into v. Unknown fields are
+// ignored, as the contract says; trailing data after the object is not.
+func decodeBody(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
+	if err != nil {
+		return newAPIError(http.StatusBadRequest, err, "read request body")
+	}
+	return decodeRequestJSON(body, v)
+}
+
+// decodeRequestJSON is decodeBody's parser, separate so it can be fuzzed.
+func decodeRequestJSON(body []byte, v any) error {
+	if len(body) > maxRequestBody {
+		return newAPIError(http.StatusBadRequest, nil, "request body is larger than %d bytes", maxRequestBody)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return newAPIError(http.StatusBadRequest, nil, "request body is empty: send a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		return newAPIError(http.StatusBadRequest, err, "request body is not the expected JSON object")
+	}
+	if dec.More() {
+		return newAPIError(http.StatusBadRequest, nil, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// requiredBase64 decodes a required base64 request field.
+func requiredBase64(field, value string) ([]byte, error) {
+	if value == "" {
+		return nil, newAPIError(http.StatusBadRequest, nil, "missing field %q", field)
+	}
+	b, err := decodeBase64(value)
+	if err != nil {
+		return nil, newAPIError(http.StatusBadRequest, err, "field %q is not valid base64 (standard or URL-safe, padded or not)", field)
+	}
+	return b, nil
+}
+
+// readRequestBody reads a bounded body; decodeRequestJSON refuses one over
+// the limit.
+func readRequestBody(r *http.Request) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
+	if err != nil {
+		return nil, newAPIError(http.StatusBadRequest, err, "read request body")
+	}
+	return body, nil
+}
+
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(method, path string, h http.HandlerFunc) {
+		mux.HandleFunc(method+" "+path, h)
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", method)
+			writeError(w, newAPIError(http.StatusMethodNotAllowed, nil, "method %s is not allowed on %s: use %s", r.Method, path, method))
+		})
+	}
+	handle("GET", "/status", s.handleStatus)
+	handle("POST", "/attest/raw", s.handleAttestRaw)
+	handle("POST", "/attest/combined", s.handleAttestCombined)
+	handle("POST", "/attest/maa", s.handleAttestMAA)
+	handle("POST", "/key/release", s.handleKeyRelease)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, newAPIError(http.StatusNotFound, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
+	})
+	return s.logRequests(mux)
+}
+
+// logRequests logs each request's method, path, status and duration; never
+// bodies or headers, which may carry tokens.
+func (s *server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		level := slog.LevelInfo
+		if rec.status >= 500 {
+			level = slog.LevelError
+		} else if rec.status >= 400 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st := map[string]any{
+		"message":  "Status OK",
+		"version":  version,
+		"emulated": s.tee != nil && s.tee.Emulated(),
+		"uptime":   time.Since(s.started).Round(time.Second).String(),
+	}
+	if s.tee != nil {
+		st["tee"] = s.tee.Name()
+	} else {
+		st["tee"] = "none"
+		st["tee_error"] = s.teeErr.Error()
+	}
+	if s.tee != nil && s.tee.Emulated() {
+		st["warning"] = "EMULATED EVIDENCE: reports are signed by a software VCEK that no real verifier trusts"
+	}
+	if d, ok := s.inputs.PolicyDigest(); ok {
+		st["host_data"] = fmt.Sprintf("%x", d)
+	}
+	if s.inputs.Source != "" {
+		st["security_context"] = s.inputs.Source
+	}
+	writeJSON(w, http.StatusOK, st)
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Bounds of the certificate provider.
+const (
+	certCacheEntries  = 16
+	certFetchTimeout  = 30 * time.Second
+	maxCertSourceBody = 256 << 10
+)
+
+// certKey names one set of fetched certificates.
+type certKey struct {
+	chipID [64]byte
+	tcb    uint64
+}
+
+// certFetch is one fetch in flight, shared by every request that needs it.
+type certFetch struct {
+	done  chan struct{}
+	certs *platformCerts
+	err   error
+}
+
+// certProvider hands out the certificates matching a report's TCB.
+type certProvider struct {
+	src     *certSource
+	srcErr  error
+	kdsBase string // where ASK and ARK come from when the Azure cache leaves them out
+	client  *http.Client
+	log     *slog.Logger
+	retry   retryPolicy
+	timeout time.Duration // bound of one shared fetch
+
+	local        func(context.Context) (*platformCerts, error)
+	localMu      sync.Mutex
+	localRunning chan struct{} // closed when the call in progress returns
+	localDone    bool
+	localCerts   *platformCerts // nil when there are none or they are unusable
+	localInfo    *vcekInfo
+
+	mu       sync.Mutex
+	cache    map[certKey]*platformCerts
+	order    []certKey // insertion order, for eviction
+	inflight map[certKey]*certFetch
+	chains   map[snpProduct][2]*x509.Certificate // KDS cert_chain: ASK, ARK
+}
+
+// newCertProvider: local, when not nil, returns the certificates handed to
+// the container (THIM JSON of the security context, or the emulator's).
+func newCertProvider(cfg certCacheConfig, local func(context.Context) (*platformCerts, error), client *http.Client, log *slog.Logger) *certProvider {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if client == nil {
+		client = newUpstreamClient(nil)
+	}
+	p := &certProvider{
+		kdsBase:  "https://" + defaultKDSHost,
+		client:   client,
+		log:      log,
+		retry:    defaultRetry,
+		timeout:  certFetchTimeout,
+		local:    local,
+		cache:    map[certKey]*platformCerts{},
+		inflight: map[certKey]*certFetch{},
+		chains:   map[snpProduct][2]*x509.Certificate{},
+	}
+	p.src, p.srcErr = newCertSource(cfg)
+	if p.srcErr != nil {
+		log.Warn("certcache configuration is unusable: certificates that do not match a report cannot be fetched", "err", p.srcErr)
+	} else if p.src.Kind == sourceAMD {
+		p.kdsBase = p.src.Base
+	}
+	return p
+}
+
+// forReport returns certificates whose TCB equals rep.ReportedTCB, fetching
+// (with retries, cached) when the local ones do not match.
+func (p *certProvider) forReport(ctx context.Context, rep *snpReport) (*platformCerts, error) {
+	if rep == nil {
+		return nil, errors.New("no report")
+	}
+	local, info, err := p.localCertificates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("platform certificates of the container: %w", err)
+	}
+	product := p.reportProduct(rep, info)
+	if local != nil {
+		why := mismatch(local, info, rep)
+		if why == "" {
+			return local, nil
+		}
+		p.log.Info("platform certificates of the container do not match the report; fetching fresh ones", "reason", why)
+	}
+	return p.fetchShared(ctx, certKey{chipID: rep.ChipID, tcb: rep.ReportedTCB}, product)
+}
+
+// mismatch says why local certificates do not fit the report, or "".
+func mismatch(pc *platformCerts, info *vcekInfo, rep *snpReport) string {
+	if pc.TCB != rep.ReportedTCB {
+		return fmt.Sprintf("they certify TCB %s, the report's REPORTED_TCB is %s",
+			formatTCB(info.Product, pc.TCB), formatTCB(info.Product, rep.ReportedTCB))
+	}
+	if info.HWID != nil && !chipIDMasked(rep.ChipID) && !hwidMatchesChip(info.HWID, rep.ChipID) {
+		return "their VCEK is for another chip than the report's CHIP_ID"
+	}
+	return ""
+}
+
+// reportProduct is the product line of the chip that signed rep: from the
+// CPUID fields of a v3+ report, else the local VCEK's productName, else
+// certcache.tee_type, else Milan.
+func (p *certProvider) reportProduct(rep *snpReport, local *vcekInfo) snpProduct {
+	if rep.Version >= 3 {
+		if prod, ok := productFromCPUID(rep.CPUIDFamily, rep.CPUIDModel); ok {
+			return prod
+		}
+	}
+	if local != nil {
+		return local.Product
+	}
+	if p.src != nil && p.src.Product != "" {
+		return p.src.Product
+	}
+	return productMilan
+}
+
+// localCertificates calls the local source once and remembers the answer;
+// a context error is not remembered, so a later request tries again.
+func (p *certProvider) localCertificates(ctx context.Context) (*platformCerts, *vcekInfo, error) {
+	for {
+		p.localMu.Lock()
+		if p.local == nil || p.localDone {
+			pc, info := p.localCerts, p.localInfo
+			p.localMu.Unlock()
+			return pc, info, nil
+		}
+		if wait := p.localRunning; wait != nil {
+			p.localMu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			}
+		}
+		running := make(chan struct{})
+		p.localRunning = running
+		p.localMu.Unlock()
+
+		pc, info, err := loadLocalCerts(ctx, p.local)
+
+		p.localMu.Lock()
+		p.localRunning = nil
+		close(running)
+		ctxErr := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+		if !ctxErr {
+			p.localDone, p.localCerts, p.localInfo = true, pc, info
+		}
+		p.localMu.Unlock()
+		switch {
+		case ctxErr && ctx.Err() != nil:
+			return nil, nil, err
+		case ctxErr:
+			p.log.Warn("platform certificates of the container timed out; fetching fresh ones this time", "err", err)
+		case err != nil:
+			p.log.Warn("platform certificates of the container are unusable; fresh ones will be fetched for each report", "err", err)
+		}
+		return pc, info, nil
+	}
+}
+
+func loadLocalCerts(ctx context.Context, local func(context.Context) (*platformCerts, error)) (*platformCerts, *vcekInfo, error) {
+	pc, err := local(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if pc == nil || pc.VCEK == nil {
+		return nil, nil, errors.New("no VCEK")
+	}
+	info, err := parseVCEKExtensions(pc.VCEK)
+	if err != nil {
+		return nil, nil, fmt.Errorf("VCEK: %w", err)
+	}
+	return pc, info, nil
+}
+
+// fetchShared returns cached certificates for key, or joins (or starts) the
+// one fetch for it. The fetch runs on its own bounded context so that one
+// impatient caller does not fail the others waiting on it.
+func (p *certProvider) fetchShared(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
+	if p.srcErr != nil {
+		return nil, newAPIError(http.StatusInternalServerError, p.srcErr, "fresh AMD certificates are needed for TCB %s but certcache is misconfigured", formatTCB(product, key.tcb))
+	}
+	p.mu.Lock()
+	if pc, ok := p.cache[key]; ok {
+		p.mu.Unlock()
+		p.log.Debug("platform certificates from the cache", "tcb", fmt.Sprintf("%016x", key.tcb))
+		return pc, nil
+	}
+	f, ok := p.inflight[key]
+	if !ok {
+		f = &certFetch{done: make(chan struct{})}
+		p.inflight[key] = f
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
+		go func() {
+			defer cancel()
+			certs, err := p.fetch(fctx, key, product)
+			p.mu.Lock()
+			delete(p.inflight, key)
+			if err == nil {
+				p.remember(key, certs)
+			}
+			f.certs, f.err = certs, err
+			p.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.certs, f.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for AMD certificates from %s: %w", p.src.Service(), ctx.Err())
+	}
+}
+
+// remember caches pc, evicting the oldest entry when full. p.mu is held.
+func (p *certProvider) remember(key certKey, pc *platformCerts) {
+	if _, ok := p.cache[key]; !ok {
+		if len(p.order) >= certCacheEntries {
+			delete(p.cache, p.order[0])
+			p.order = p.order[1:]
+		}
+		p.order = append(p.order, key)
+	}
+	p.cache[key] = pc
+}
+
+// fetch gets certificates for key from the configured source and checks
+// that they are the ones the report needs.
+func (p *certProvider) fetch(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
+	start := time.Now()
+	var pc *platformCerts
+	var err error
+	switch p.src.Kind {
+	case sourceAMD:
+		pc, err = p.fetchKDS(ctx, key, product)
+	case sourceAzCache:
+		pc, err = p.fetchAzCache(ctx, key, product)
+	default:
+		pc, err = p.fetchTHIM(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := parseVCEKExtensions(pc.VCEK)
+	if err != nil {
+		return nil, p.garbage(err, "its VCEK")
+	}
+	if pc.TCB != key.tcb {
+		return nil, newAPIError(http.StatusBadGateway, nil,
+			"the certificates from %s certify TCB %s but the report's REPORTED_TCB is %s: the certificate source does not (yet) have the VCEK for this TCB",
+			p.src.Service(), formatTCB(info.Product, pc.TCB), formatTCB(info.Product, key.tcb))
+	}
+	if info.HWID != nil && !chipIDMasked(key.chipID) && !hwidMatchesChip(info.HWID, key.chipID) {
+		return nil, newAPIError(http.StatusBadGateway, nil, "the VCEK from %s is for hardware id %x, not for the report's CHIP_ID", p.src.Service(), info.HWID)
+	}
+	if err := verifyChain(pc); err != nil {
+		return nil, p.garbage(err, "its chain")
+	}
+	p.log.Info("fetched platform certificates", "source", p.src.Service(), "tcb", formatTCB(info.Product, pc.TCB), "duration", time.Since(start).Round(time.Millisecond))
+	return pc, nil
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// normalizeEndpoint turns a user-given HOST, HOST:PORT or https://HOST[:PORT]
+// into a bare host[:port]. Plain http and anything with a path, query or user
+// info is refused: these endpoints receive attestation evidence and tokens.
+func normalizeEndpoint(field, s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", newAPIError(http.StatusBadRequest, nil, "missing field %q", field)
+	}
+	raw := s
+	if !strings.Contains(s, "://") {
+		raw = "https://" + s
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", newAPIError(http.StatusBadRequest, err, "field %q is not a host name", field)
+	}
+	if u.Scheme != "https" {
+		return "", newAPIError(http.StatusBadRequest, nil, "field %q: scheme %q is refused, only https is allowed", field, u.Scheme)
+	}
+	if u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
+		return "", newAPIError(http.StatusBadRequest, nil, "field %q must be a host name with an optional :port, got %q", field, s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", newAPIError(http.StatusBadRequest, nil, "field %q has a bad port %q", field, p)
+		}
+	}
+	return strings.ToLower(u.Host), nil
+}
+
+func hostOf(hostPath string) string {
+	host, _, _ := strings.Cut(hostPath, "/")
+	if h, _, ok := strings.Cut(host, ":"); ok && !strings.Contains(host, "]") {
+		return h
+	}
+	return host
+}
+
+func hostOnly(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return strings.Trim(h, "[]")
+	}
+	return strings.Trim(hostport, "[]")
+}
+
+// normalizedVaultHost is a host name without port, case or trailing dot.
+func normalizedVaultHost(host string) string {
+	host = strings.ToLower(strings.TrimSpace(host))
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	return strings.TrimSuffix(host, ".")
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"crypto/elliptic"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// importKeyConfig is the seed's importkeyconfig.json. Claims may sit at the
+// top level (the seed's place) or under "key"; both a list of allOf lists
+// and a single flat allOf list are accepted.
+type importKeyConfig struct {
+	Key           importKeySpec      `json:"key"`
+	Claims        claimSets          `json:"claims"`
+	KeyDerivation *keyDerivationSpec `json:"key_derivation"`
+	Identity      struct {
+		ClientID string `json:"client_id"`
+	} `json:"identity"`
+}
+
+type importKeySpec struct {
+	KID       string   `json:"kid"`
+	KTY       string   `json:"kty"`
+	KeyOps    []string `json:"key_ops"`
+	Authority struct {
+		Endpoint string `json:"endpoint"`
+	} `json:"authority"`
+	AKV    *vaultSpec `json:"akv"`
+	MHSM   *vaultSpec `json:"mhsm"` // the older name of akv
+	Claims claimSets  `json:"claims"`
+	// Extensions of skr: the size of a generated RSA key (2048, 3072, 4096;
+	// default 3072) and the curve of a generated EC key (default P-256).
+	KeySize int    `json:"key_size"`
+	Crv     string `json:"crv"`
+}
+
+type vaultSpec struct {
+	Endpoint    string `json:"endpoint"`
+	APIVersion  string `json:"api_version"` // "7.4" or the seed's "api-version=7.4"
+	BearerToken string `json:"bearer_token"`
+}
+
+type keyDerivationSpec struct {
+	Salt  string `json:"salt"`  // hex
+	Label string `json:"label"` // HKDF info
+}
+
+// importPlan is a validated config plus flags: everything needed to act.
+type importPlan struct {
+	KID         string
+	KTY         string
+	KeyOps      []string
+	Vault       string // host[:port]
+	APIVersion  string
+	BearerToken string // from the config; never printed
+	Policy      releasePolicy
+	RSABits     int
+	Curve       elliptic.Curve // the config's key.crv; nil = P-256 when generated, else the PEM's
+	ClientID    string
+	Salt        []byte // for -out with RSA-HSM; nil = random
+	Label       string
+	Warnings    []string // worth saying, not worth refusing
+}
+
+// loadImportPlan reads and checks the config against the flags.
+func loadImportPlan(fl *importFlags) (*importPlan, error) {
+	raw, err := readBounded(fl.Config, maxImportConfig)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	var cfg importKeyConfig
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("config %s is not valid JSON: %w", fl.Config, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("config %s has data after the JSON object", fl.Config)
+	}
+	plan, err := planFromConfig(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", fl.Config, err)
+	}
+	if err := checkFlagsAgainstPlan(fl, plan, cfg.KeyDerivation); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// planFromConfig validates a decoded config.
+func planFromConfig(cfg *importKeyConfig) (*importPlan, error) {
+	k := cfg.Key
+	p := &importPlan{KID: strings.TrimSpace(k.KID), KTY: k.KTY, KeyOps: k.KeyOps, ClientID: cfg.Identity.ClientID}
+	if p.KID == "" {
+		return nil, errors.New("key.kid is missing: set the key's name in the vault")
+	}
+	if !keyNamePattern.MatchString(p.KID) {
+		return nil, fmt.Errorf("key.kid %q is not a Key Vault key name (1-127 letters, digits and '-')", p.KID)
+	}
+	switch p.KTY {
+	case ktyOct, ktyRSA, ktyEC:
+	case "":
+		return nil, errors.New(`key.kty is missing: set "oct-HSM", "RSA-HSM" or "EC-HSM"`)
+	default:
+		return nil, fmt.Errorf(`key.kty %q is not supported: use "oct-HSM", "RSA-HSM" or "EC-HSM"`, p.KTY)
+	}
+	for _, op := range p.KeyOps {
+		if !validKeyOps[op] {
+			return nil, fmt.Errorf("key.key_ops: %q is not a Key Vault key operation (encrypt, decrypt, sign, verify, wrapKey, unwrapKey, import, export)", op)
+		}
+	}
+	if err := planKeyShape(p, k); err != nil {
+		return nil, err
+	}
+
+	vault := k.AKV
+	switch {
+	case k.AKV != nil && k.MHSM != nil:
+		return nil, errors.New(`both key.akv and key.mhsm are set: keep one ("mhsm" is the older name of "akv")`)
+	case vault == nil:
+		vault = k.MHSM
+	}
+	if vault == nil || strings.TrimSpace(vault.Endpoint) == "" {
+		return nil, errors.New("key.akv.endpoint is missing: set the vault host, e.g. myvault.vault.azure.net or myhsm.managedhsm.azure.net")
+	}
+	var err error
+	if p.Vault, err = normalizeEndpoint("key.akv.endpoint", vault.Endpoint); err != nil {
+		return nil, err
+	}
+	p.APIVersion = strings.TrimPrefix(strings.TrimSpace(vault.APIVersion), "api-version=")
+	if p.APIVersion == "" {
+		p.APIVersion = defaultVaultAPIVersion
+	}
+	if !apiVersionPattern.MatchString(p.APIVersion) {
+		return nil, fmt.Errorf("key.akv.api_version %q is not an API version such as 7.4", vault.APIVersion)
+	}
+	p.BearerToken = strings.TrimSpace(vault.BearerToken)
+
+	if strings.TrimSpace(k.Authority.Endpoint) == "" {
+		return nil, errors.New("key.authority.endpoint is missing: set the MAA endpoint whose tokens may release the key, e.g. sharedeus.eus.attest.azure.net")
+	}
+	maa, err := normalizeEndpoint("key.authority.endpoint", k.Authority.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if p.Policy, err = buildReleasePolicy("https://"+maa, cfg.Claims, k.Claims, &p.Warnings); err != nil {
+		return nil, err
+	}
+	if d := cfg.KeyDerivation; d != nil {
+		if d.Salt != "" {
+			if p.Salt, err = hex.DecodeString(strings.TrimSpace(d.Salt)); err != nil || len(p.Salt) == 0 {
+				return nil, fmt.Errorf("key_derivation.salt is not hex: %q", d.Salt)
+			}
+		}
+		p.Label = d.Label
+	}
+	if p.Label == "" {
+		p.Label = defaultDerivationLabel
+	}
+	return p, nil
+}
+
+// planKeyShape reads the size of a generated RSA key and the curve of a
+// generated EC key.
+func planKeyShape(p *importPlan, k importKeySpec) error {
+	switch p.KTY {
+	case ktyRSA:
+		p.RSABits = defaultRSABits
+		if k.KeySize != 0 {
+			if !validRSABits[k.KeySize] {
+				return fmt.Errorf("key.key_size %d: RSA-HSM keys are 2048, 3072 or 4096 bits", k.KeySize)
+			}
+			p.RSABits = k.KeySize
+		}
+	case ktyEC:
+		if k.Crv != "" {
+			c, ok := curvesByName[k.Crv]
+			if !ok {
+				return fmt.Errorf("key.crv %q: EC-HSM keys are P-256, P-384 or P-521", k.Crv)
+			}
+			p.Curve = c
+		}
+	}
+	if p.KTY != ktyRSA && k.KeySize != 0 {
+		return fmt.Errorf("key.key_size is for RSA-HSM keys, not %s", p.KTY)
+	}
+	if p.KTY != ktyEC && k.Crv != "" {
+		return fmt.Errorf("key.crv is for EC-HSM keys, not %s", p.KTY)
+	}
+	return nil
+}
+
+// checkFlagsAgainstPlan refuses flag combinations that do not fit the kty.
+func checkFlagsAgainstPlan(fl *importFlags, p *importPlan, kd *keyDerivationSpec) error {
+	switch {
+	case fl.KeyHex != "" && fl.KeyPEM != "":
+		return errors.New("give -kh (oct-HSM) or -kp (RSA-HSM, EC-HSM), not both")
+	case fl.KeyHex != "" && p.KTY != ktyOct:
+		return fmt.Errorf("-kh gives an oct-HSM key but key.kty is %s: use -kp PEM", p.KTY)
+	case fl.KeyPEM != "" && p.KTY == ktyOct:
+		return errors.New("-kp gives an RSA or EC key but key.kty is oct-HSM: use -kh HEX")
+	case fl.Out && p.KTY == ktyEC:
+		return errors.New("-out writes an oct-HSM key or a key derived from an RSA-HSM key; EC-HSM has neither")
+	case kd != nil && p.KTY != ktyRSA:
+		return fmt.Errorf("key_derivation is only for RSA-HSM keys (with -out), not %s", p.KTY)
+	}
+	if fl.DryRun {
+		return nil
+	}
+	info, err := os.Stat(fl.KeyDir)
+	if err != nil || !info.IsDir() {
+		return fmt.Errorf("-keydir %s is not a folder", fl.KeyDir)
+	}
+	return nil
+}
