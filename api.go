@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,44 +13,24 @@ import (
 // maxRequestBody bounds what a client may send us.
 const maxRequestBody = 1 << 20
 
-// apiError is an error that knows the HTTP status the sidecar answers with.
-// Its message is written for the user: what failed, at which step, and what
-// to do about it.
-type apiError struct {
-	Status int
-	Msg    string
-	Err    error
-}
-
-func (e *apiError) Error() string {
-	if e.Err == nil {
-		return e.Msg
-	}
-	return e.Msg + ": " + e.Err.Error()
-}
-
-func (e *apiError) Unwrap() error { return e.Err }
-
-// newAPIError wraps err with a status and a user-facing message.
-func newAPIError(status int, err error, format string, args ...any) *apiError {
-	return &apiError{Status: status, Msg: fmt.Sprintf(format, args...), Err: err}
-}
-
-// statusFor maps any error to the status the sidecar answers with.
+// statusFor maps any error to the status the sidecar answers with: the
+// one place where a failure becomes an HTTP status.
 func statusFor(err error) int {
-	var ae *apiError
-	if errors.As(err, &ae) && ae.Status != 0 {
-		return ae.Status
-	}
-	if isTimeout(err) {
-		return http.StatusGatewayTimeout
-	}
-	var ue *upstreamError
-	if errors.As(err, &ue) {
-		if ue.StatusCode == http.StatusUnauthorized || ue.StatusCode == http.StatusForbidden {
-			return http.StatusForbidden
-		}
+	switch errorKind(err) {
+	case kindInvalid:
+		return http.StatusBadRequest
+	case kindDenied:
+		return http.StatusForbidden
+	case kindNoRoute:
+		return http.StatusNotFound
+	case kindBadMethod:
+		return http.StatusMethodNotAllowed
+	case kindUpstream:
 		return http.StatusBadGateway
+	case kindUnavailable:
+		return http.StatusServiceUnavailable
+	case kindTimeout:
+		return http.StatusGatewayTimeout
 	}
 	return http.StatusInternalServerError
 }
@@ -80,7 +59,7 @@ func writeError(w http.ResponseWriter, err error) {
 func decodeBody(r *http.Request, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
 	if err != nil {
-		return newAPIError(http.StatusBadRequest, err, "read request body")
+		return newError(kindInvalid, err, "read request body")
 	}
 	return decodeRequestJSON(body, v)
 }
@@ -88,17 +67,17 @@ func decodeBody(r *http.Request, v any) error {
 // decodeRequestJSON is decodeBody's parser, separate so it can be fuzzed.
 func decodeRequestJSON(body []byte, v any) error {
 	if len(body) > maxRequestBody {
-		return newAPIError(http.StatusBadRequest, nil, "request body is larger than %d bytes", maxRequestBody)
+		return newError(kindInvalid, nil, "request body is larger than %d bytes", maxRequestBody)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
-		return newAPIError(http.StatusBadRequest, nil, "request body is empty: send a JSON object")
+		return newError(kindInvalid, nil, "request body is empty: send a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
-		return newAPIError(http.StatusBadRequest, err, "request body is not the expected JSON object")
+		return newError(kindInvalid, err, "request body is not the expected JSON object")
 	}
 	if dec.More() {
-		return newAPIError(http.StatusBadRequest, nil, "request body has data after the JSON object")
+		return newError(kindInvalid, nil, "request body has data after the JSON object")
 	}
 	return nil
 }
@@ -106,11 +85,11 @@ func decodeRequestJSON(body []byte, v any) error {
 // requiredBase64 decodes a required base64 request field.
 func requiredBase64(field, value string) ([]byte, error) {
 	if value == "" {
-		return nil, newAPIError(http.StatusBadRequest, nil, "missing field %q", field)
+		return nil, newError(kindInvalid, nil, "missing field %q", field)
 	}
 	b, err := decodeBase64(value)
 	if err != nil {
-		return nil, newAPIError(http.StatusBadRequest, err, "field %q is not valid base64 (standard or URL-safe, padded or not)", field)
+		return nil, newError(kindInvalid, err, "field %q is not valid base64 (standard or URL-safe, padded or not)", field)
 	}
 	return b, nil
 }
@@ -120,7 +99,7 @@ func requiredBase64(field, value string) ([]byte, error) {
 func readRequestBody(r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
 	if err != nil {
-		return nil, newAPIError(http.StatusBadRequest, err, "read request body")
+		return nil, newError(kindInvalid, err, "read request body")
 	}
 	return body, nil
 }
@@ -131,7 +110,7 @@ func (s *server) routes() http.Handler {
 		mux.HandleFunc(method+" "+path, h)
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", method)
-			writeError(w, newAPIError(http.StatusMethodNotAllowed, nil, "method %s is not allowed on %s: use %s", r.Method, path, method))
+			writeError(w, newError(kindBadMethod, nil, "method %s is not allowed on %s: use %s", r.Method, path, method))
 		})
 	}
 	handle("GET", "/status", s.handleStatus)
@@ -140,7 +119,7 @@ func (s *server) routes() http.Handler {
 	handle("POST", "/attest/maa", s.handleAttestMAA)
 	handle("POST", "/key/release", s.handleKeyRelease)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newAPIError(http.StatusNotFound, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
+		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
 	})
 	return s.logRequests(mux)
 }

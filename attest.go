@@ -20,7 +20,7 @@ type evidence struct {
 // requireTEE fails fast, with the reason, when there is no guest interface.
 func (s *server) requireTEE() error {
 	if s.tee == nil {
-		return newAPIError(http.StatusServiceUnavailable, s.teeErr, "no SEV-SNP guest interface")
+		return newError(kindUnavailable, s.teeErr, "no SEV-SNP guest interface")
 	}
 	return nil
 }
@@ -37,18 +37,18 @@ func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *sn
 	raw, err := s.tee.GetReport(ctx, rd)
 	s.deviceMu.Unlock()
 	if err != nil {
-		status := http.StatusInternalServerError
+		kind := kindInternal
 		if isTimeout(err) { // waiting for the device (pacing, emulator keys)
-			status = http.StatusGatewayTimeout
+			kind = kindTimeout
 		}
-		return nil, nil, newAPIError(status, err, "get SNP report from %s", s.tee.Name())
+		return nil, nil, newError(kind, err, "get SNP report from %s", s.tee.Name())
 	}
 	rep, err := parseReport(raw)
 	if err != nil {
-		return nil, nil, newAPIError(http.StatusInternalServerError, err, "%s returned a malformed report", s.tee.Name())
+		return nil, nil, newError(kindInternal, err, "%s returned a malformed report", s.tee.Name())
 	}
 	if rep.ReportData != rd {
-		return nil, nil, newAPIError(http.StatusInternalServerError, nil, "%s returned a report whose REPORT_DATA is not the one asked for", s.tee.Name())
+		return nil, nil, newError(kindInternal, nil, "%s returned a report whose REPORT_DATA is not the one asked for", s.tee.Name())
 	}
 	return raw, rep, nil
 }
@@ -65,7 +65,7 @@ func (s *server) evidence(ctx context.Context, runtimeData []byte) (*evidence, e
 		return nil, fmt.Errorf("platform certificates for the report: %w", err)
 	}
 	if err := verifyEvidence(rep, certs); err != nil {
-		return nil, newAPIError(http.StatusBadGateway, err, "the report does not verify with the certificates that would be handed out")
+		return nil, newError(kindUpstream, err, "the report does not verify with the certificates that would be handed out")
 	}
 	return &evidence{Report: raw, Parsed: rep, Certs: certs, UVMReferenceInfo: s.inputs.ReferenceInfo}, nil
 }

@@ -200,7 +200,7 @@ func loadLocalCerts(ctx context.Context, local func(context.Context) (*platformC
 // impatient caller does not fail the others waiting on it.
 func (p *certProvider) fetchShared(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
 	if p.srcErr != nil {
-		return nil, newAPIError(http.StatusInternalServerError, p.srcErr, "fresh AMD certificates are needed for TCB %s but certcache is misconfigured", formatTCB(product, key.tcb))
+		return nil, newError(kindInternal, p.srcErr, "fresh AMD certificates are needed for TCB %s but certcache is misconfigured", formatTCB(product, key.tcb))
 	}
 	p.mu.Lock()
 	if pc, ok := p.cache[key]; ok {
@@ -269,12 +269,12 @@ func (p *certProvider) fetch(ctx context.Context, key certKey, product snpProduc
 		return nil, p.garbage(err, "its VCEK")
 	}
 	if pc.TCB != key.tcb {
-		return nil, newAPIError(http.StatusBadGateway, nil,
+		return nil, newError(kindUpstream, nil,
 			"the certificates from %s certify TCB %s but the report's REPORTED_TCB is %s: the certificate source does not (yet) have the VCEK for this TCB",
 			p.src.Service(), formatTCB(info.Product, pc.TCB), formatTCB(info.Product, key.tcb))
 	}
 	if info.HWID != nil && !chipIDMasked(key.chipID) && !hwidMatchesChip(info.HWID, key.chipID) {
-		return nil, newAPIError(http.StatusBadGateway, nil, "the VCEK from %s is for hardware id %x, not for the report's CHIP_ID", p.src.Service(), info.HWID)
+		return nil, newError(kindUpstream, nil, "the VCEK from %s is for hardware id %x, not for the report's CHIP_ID", p.src.Service(), info.HWID)
 	}
 	if err := verifyChain(pc); err != nil {
 		return nil, p.garbage(err, "its chain")

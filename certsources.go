@@ -80,7 +80,7 @@ func parseTHIM(b []byte) (*platformCerts, error) {
 // cert_chain (PEM ASK, ARK).
 func (p *certProvider) fetchKDS(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
 	if chipIDMasked(key.chipID) {
-		return nil, newAPIError(http.StatusBadGateway, nil, "the report's CHIP_ID is masked, so AMD KDS cannot be asked for its VCEK: use certcache endpoint_type LocalTHIM or AzCache")
+		return nil, newError(kindUpstream, nil, "the report's CHIP_ID is masked, so AMD KDS cannot be asked for its VCEK: use certcache endpoint_type LocalTHIM or AzCache")
 	}
 	body, err := p.get(ctx, "AMD KDS", kdsVCEKURL(p.kdsBase, product, key.chipID, key.tcb), nil)
 	if err != nil {
@@ -121,7 +121,7 @@ func (p *certProvider) kdsChain(ctx context.Context, product snpProduct) (ask, a
 		ask, ark, err = identifyASKARK(certs)
 	}
 	if err != nil {
-		return nil, nil, newAPIError(http.StatusBadGateway, err, "AMD KDS answered cert_chain for %s with something that is not the PEM ASK and ARK", product)
+		return nil, nil, newError(kindUpstream, err, "AMD KDS answered cert_chain for %s with something that is not the PEM ASK and ARK", product)
 	}
 	p.mu.Lock()
 	p.chains[product] = [2]*x509.Certificate{ask, ark}
@@ -133,7 +133,7 @@ func (p *certProvider) kdsChain(ctx context.Context, product snpProduct) (ask, a
 // certificate cache; ASK and ARK come from KDS when it leaves them out.
 func (p *certProvider) fetchAzCache(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
 	if chipIDMasked(key.chipID) {
-		return nil, newAPIError(http.StatusBadGateway, nil, "the report's CHIP_ID is masked, so the Azure certificate cache cannot be asked for its VCEK: use certcache endpoint_type LocalTHIM")
+		return nil, newError(kindUpstream, nil, "the report's CHIP_ID is masked, so the Azure certificate cache cannot be asked for its VCEK: use certcache endpoint_type LocalTHIM")
 	}
 	u := azCacheURL(p.src.Base, p.src.TEE, key.chipID, key.tcb, p.src.APIVersion, p.src.ClientID)
 	body, err := p.get(ctx, p.src.Service(), u, nil)
@@ -211,17 +211,17 @@ func (p *certProvider) get(ctx context.Context, service, url string, header http
 		if isTimeout(err) {
 			return nil, fmt.Errorf("get AMD certificates from %s: %w", url, err)
 		}
-		return nil, newAPIError(http.StatusBadGateway, err, "get AMD certificates from %s", url)
+		return nil, newError(kindUpstream, err, "get AMD certificates from %s", url)
 	}
 	if len(body) > maxCertSourceBody {
-		return nil, newAPIError(http.StatusBadGateway, nil, "%s answered %d bytes, more than the %d a certificate answer may have", service, len(body), maxCertSourceBody)
+		return nil, newError(kindUpstream, nil, "%s answered %d bytes, more than the %d a certificate answer may have", service, len(body), maxCertSourceBody)
 	}
 	return body, nil
 }
 
 // garbage reports an answer that is not what the source should send.
 func (p *certProvider) garbage(err error, what string) error {
-	return newAPIError(http.StatusBadGateway, err, "%s answered with unusable certificates: %s", p.src.Service(), what)
+	return newError(kindUpstream, err, "%s answered with unusable certificates: %s", p.src.Service(), what)
 }
 
 // kdsHWID is the hwid path segment of a KDS VCEK URL: 64 bytes of CHIP_ID

@@ -2,7 +2,6 @@ package main
 
 import (
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -14,7 +13,7 @@ import (
 func normalizeEndpoint(field, s string) (string, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return "", newAPIError(http.StatusBadRequest, nil, "missing field %q", field)
+		return "", newError(kindInvalid, nil, "missing field %q", field)
 	}
 	raw := s
 	if !strings.Contains(s, "://") {
@@ -22,17 +21,17 @@ func normalizeEndpoint(field, s string) (string, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", newAPIError(http.StatusBadRequest, err, "field %q is not a host name", field)
+		return "", newError(kindInvalid, err, "field %q is not a host name", field)
 	}
 	if u.Scheme != "https" {
-		return "", newAPIError(http.StatusBadRequest, nil, "field %q: scheme %q is refused, only https is allowed", field, u.Scheme)
+		return "", newError(kindInvalid, nil, "field %q: scheme %q is refused, only https is allowed", field, u.Scheme)
 	}
 	if u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
-		return "", newAPIError(http.StatusBadRequest, nil, "field %q must be a host name with an optional :port, got %q", field, s)
+		return "", newError(kindInvalid, nil, "field %q must be a host name with an optional :port, got %q", field, s)
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return "", newAPIError(http.StatusBadRequest, nil, "field %q has a bad port %q", field, p)
+			return "", newError(kindInvalid, nil, "field %q has a bad port %q", field, p)
 		}
 	}
 	return strings.ToLower(u.Host), nil

@@ -123,8 +123,8 @@ func TestStatusFor(t *testing.T) {
 		err  error
 		want int
 	}{
-		{newAPIError(http.StatusServiceUnavailable, nil, "x"), 503},
-		{fmt.Errorf("wrapped: %w", newAPIError(http.StatusBadRequest, nil, "x")), 400},
+		{newError(kindUnavailable, nil, "x"), 503},
+		{fmt.Errorf("wrapped: %w", newError(kindInvalid, nil, "x")), 400},
 		{&upstreamError{Service: "Key Vault", StatusCode: 401}, 403},
 		{&upstreamError{Service: "Key Vault", StatusCode: 403}, 403},
 		{&upstreamError{Service: "MAA", StatusCode: 500}, 502},

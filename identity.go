@@ -345,30 +345,30 @@ type tokenAnswer struct {
 func (p *tokenProvider) parseTokenAnswer(service string, body []byte) (string, time.Time, error) {
 	var a tokenAnswer
 	if err := decodeJSONObject(body, &a); err != nil {
-		return "", time.Time{}, newAPIError(http.StatusBadGateway, err, "%s token answer is not the expected JSON", service)
+		return "", time.Time{}, newError(kindUpstream, err, "%s token answer is not the expected JSON", service)
 	}
 	if a.AccessToken == "" {
-		return "", time.Time{}, newAPIError(http.StatusBadGateway, nil, "%s token answer has no access_token", service)
+		return "", time.Time{}, newError(kindUpstream, nil, "%s token answer has no access_token", service)
 	}
 	if a.TokenType != "" && !strings.EqualFold(a.TokenType, "Bearer") {
-		return "", time.Time{}, newAPIError(http.StatusBadGateway, nil, "%s token answer has token_type %q, want Bearer", service, truncate(a.TokenType, 40))
+		return "", time.Time{}, newError(kindUpstream, nil, "%s token answer has token_type %q, want Bearer", service, truncate(a.TokenType, 40))
 	}
 	now := p.cfg.Now()
 	if len(a.ExpiresIn) > 0 && string(a.ExpiresIn) != "null" {
 		secs, err := flexibleInt(a.ExpiresIn)
 		if err != nil || secs < 0 {
-			return "", time.Time{}, newAPIError(http.StatusBadGateway, err, "%s token answer has a bad expires_in %s", service, truncate(string(a.ExpiresIn), 40))
+			return "", time.Time{}, newError(kindUpstream, err, "%s token answer has a bad expires_in %s", service, truncate(string(a.ExpiresIn), 40))
 		}
 		return a.AccessToken, now.Add(time.Duration(min(secs, 1<<31)) * time.Second), nil
 	}
 	if len(a.ExpiresOn) > 0 && string(a.ExpiresOn) != "null" {
 		epoch, err := flexibleInt(a.ExpiresOn)
 		if err != nil || epoch <= 0 {
-			return "", time.Time{}, newAPIError(http.StatusBadGateway, err, "%s token answer has a bad expires_on %s", service, truncate(string(a.ExpiresOn), 40))
+			return "", time.Time{}, newError(kindUpstream, err, "%s token answer has a bad expires_on %s", service, truncate(string(a.ExpiresOn), 40))
 		}
 		return a.AccessToken, time.Unix(min(epoch, 1<<40), 0), nil
 	}
-	return "", time.Time{}, newAPIError(http.StatusBadGateway, nil, "%s token answer says neither expires_in nor expires_on", service)
+	return "", time.Time{}, newError(kindUpstream, nil, "%s token answer says neither expires_in nor expires_on", service)
 }
 
 // flexibleInt reads a whole number given as a JSON number or a JSON string.
@@ -412,7 +412,7 @@ func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
 	for i, v := range vaultResources {
 		suffixes[i] = "*" + v.suffix
 	}
-	return newAPIError(http.StatusBadRequest, nil,
+	return newError(kindInvalid, nil,
 		"%s is not a Key Vault or Managed HSM host (%s): the identity's token is sent only to those; for another host pass your own access_token",
 		host, strings.Join(suffixes, ", "))
 }

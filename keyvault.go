@@ -74,7 +74,7 @@ func (s *server) requestKeyRelease(ctx context.Context, vault string, key keyRef
 		Value string `json:"value"`
 	}
 	if err := json.Unmarshal(resp, &out); err != nil || strings.TrimSpace(out.Value) == "" {
-		return "", newAPIError(http.StatusBadGateway, err, "Key Vault: %s answered 200 without a release JWS in \"value\"", vault)
+		return "", newError(kindUpstream, err, "Key Vault: %s answered 200 without a release JWS in \"value\"", vault)
 	}
 	return strings.TrimSpace(out.Value), nil
 }

@@ -158,7 +158,7 @@ func (s *server) attestMAA(ctx context.Context, host string, ev *evidence, runti
 	}
 	tok, err := parseMAAResponse(resp)
 	if err != nil {
-		return nil, newAPIError(http.StatusBadGateway, err, "MAA at %s answered 200 without a usable token", host)
+		return nil, newError(kindUpstream, err, "MAA at %s answered 200 without a usable token", host)
 	}
 	s.log.Debug("MAA token issued", "step", "MAA", "maa_endpoint", host, "duration", time.Since(start).Round(time.Microsecond))
 	return tok, nil
@@ -170,9 +170,9 @@ func maaFailure(host string, err error) error {
 	if errors.As(err, &ue) {
 		switch {
 		case ue.StatusCode == http.StatusUnauthorized || ue.StatusCode == http.StatusForbidden:
-			return newAPIError(http.StatusForbidden, err, "MAA at %s refused the attestation", host)
+			return newError(kindDenied, err, "MAA at %s refused the attestation", host)
 		case ue.StatusCode == http.StatusBadRequest:
-			return newAPIError(http.StatusBadGateway, err, "MAA at %s rejected the evidence (a TCB below its baseline, an unendorsed UVM, or a REPORT_DATA mismatch)", host)
+			return newError(kindUpstream, err, "MAA at %s rejected the evidence (a TCB below its baseline, an unendorsed UVM, or a REPORT_DATA mismatch)", host)
 		}
 	}
 	return fmt.Errorf("MAA attestation at %s: %w", host, err)

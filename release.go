@@ -66,11 +66,11 @@ func decodeKeyReleaseRequest(body []byte) (*keyReleaseParams, error) {
 	}
 	tok := strings.TrimSpace(req.AccessToken)
 	if len(tok) > maxAccessToken {
-		return nil, newAPIError(http.StatusBadRequest, nil, "field \"access_token\" is longer than %d bytes", maxAccessToken)
+		return nil, newError(kindInvalid, nil, "field \"access_token\" is longer than %d bytes", maxAccessToken)
 	}
 	for i := 0; i < len(tok); i++ {
 		if tok[i] <= ' ' || tok[i] >= 0x7f {
-			return nil, newAPIError(http.StatusBadRequest, nil, "field \"access_token\" must be a bare bearer token (printable ASCII, no spaces, no \"Bearer \" prefix)")
+			return nil, newError(kindInvalid, nil, "field \"access_token\" must be a bare bearer token (printable ASCII, no spaces, no \"Bearer \" prefix)")
 		}
 	}
 	return &keyReleaseParams{MAAHost: maaHost, VaultHost: vaultHost, Key: key, AccessToken: tok}, nil
@@ -81,14 +81,14 @@ func decodeKeyReleaseRequest(body []byte) (*keyReleaseParams, error) {
 func parseKeyRef(kid string) (keyRef, error) {
 	kid = strings.TrimSpace(kid)
 	if kid == "" {
-		return keyRef{}, newAPIError(http.StatusBadRequest, nil, "missing field %q", "kid")
+		return keyRef{}, newError(kindInvalid, nil, "missing field %q", "kid")
 	}
 	name, ver, hasVer := strings.Cut(kid, "/")
 	if !keyNamePattern.MatchString(name) {
-		return keyRef{}, newAPIError(http.StatusBadRequest, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", truncate(kid, 200))
+		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", truncate(kid, 200))
 	}
 	if hasVer && !keyVersionPattern.MatchString(ver) {
-		return keyRef{}, newAPIError(http.StatusBadRequest, nil, "field \"kid\": version %q is not 32 hex digits", truncate(ver, 100))
+		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": version %q is not 32 hex digits", truncate(ver, 100))
 	}
 	return keyRef{Name: name, Version: ver}, nil
 }
@@ -151,18 +151,18 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 
 	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.upstreamRoots(), time.Now())
 	if err != nil {
-		return "", "verify", newAPIError(http.StatusForbidden, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
+		return "", "verify", newError(kindDenied, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
 	}
 	env, err := parseReleasePayload(payload)
 	if err != nil {
-		return "", "verify", newAPIError(http.StatusBadGateway, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
+		return "", "verify", newError(kindUpstream, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
 	}
 	if err := env.checkBinding(p.Key, p.VaultHost, cred.key); err != nil {
-		return "", "verify", newAPIError(http.StatusForbidden, err, "verify: the Key Vault response for key %q from %s is not for this request", p.Key.String(), p.VaultHost)
+		return "", "verify", newError(kindDenied, err, "verify: the Key Vault response for key %q from %s is not for this request", p.Key.String(), p.VaultHost)
 	}
 	out, err := env.unwrap(cred.key)
 	if err != nil {
-		return "", "unwrap", newAPIError(http.StatusBadGateway, err, "unwrap: key %q released by %s could not be unwrapped", p.Key.String(), p.VaultHost)
+		return "", "unwrap", newError(kindUpstream, err, "unwrap: key %q released by %s could not be unwrapped", p.Key.String(), p.VaultHost)
 	}
 	return out, "", nil
 }
@@ -183,7 +183,7 @@ func (s *server) bearerToken(ctx context.Context, p *keyReleaseParams) (token, s
 		return "", source, fmt.Errorf("token: get a bearer token for %s (%s): %w", p.VaultHost, source, err)
 	}
 	if tok == "" {
-		return "", source, newAPIError(http.StatusBadGateway, nil, "token: %s returned an empty bearer token for %s", source, p.VaultHost)
+		return "", source, newError(kindUpstream, nil, "token: %s returned an empty bearer token for %s", source, p.VaultHost)
 	}
 	s.log.Log(ctx, levelTrace, "bearer token ready", "step", "token", "source", source, "duration", time.Since(start).Round(time.Microsecond))
 	return tok, source, nil
@@ -198,17 +198,17 @@ func keyVaultFailure(err error, p *keyReleaseParams, source, hostData string) er
 	}
 	switch ue.StatusCode {
 	case http.StatusUnauthorized:
-		return newAPIError(http.StatusForbidden, err,
+		return newError(kindDenied, err,
 			"Key Vault: %s did not accept the bearer token (%s) for key %q: check that the token is current and its audience is %s",
 			p.VaultHost, source, p.Key.String(), vaultResource(p.VaultHost))
 	case http.StatusForbidden:
-		return newAPIError(http.StatusForbidden, err,
+		return newError(kindDenied, err,
 			"Key Vault: %s refused to release key %q: the key's release policy was not met by this container group's MAA token "+
 				"(this container group presents x-ms-sevsnpvm-hostdata %s: compare it with the key's release policy), "+
 				"or the identity (%s) lacks the release permission (role Key Vault Crypto Service Release User or Managed HSM Crypto Service Release User)",
 			p.VaultHost, p.Key.String(), hostData, source)
 	case http.StatusNotFound:
-		return newAPIError(http.StatusBadGateway, err,
+		return newError(kindUpstream, err,
 			"Key Vault: %s has no key %q: check the key name (and version) and the vault endpoint", p.VaultHost, p.Key.String())
 	}
 	return fmt.Errorf("Key Vault: release of key %q at %s: %w", p.Key.String(), p.VaultHost, err)

@@ -25,7 +25,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/google/go-sev-guest/abi"
 	"hash"
 	"io"
 	"math/big"
@@ -37,6 +36,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-sev-guest/abi"
 )
 
 // ---- keys and certificates made once per test binary ----
