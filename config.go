@@ -66,18 +66,130 @@ type serverConfig struct {
 	WrappingKeyTTL time.Duration
 }
 
+// serveFlags holds the settings of `skr serve` as given, before they are
+// checked and turned into a serverConfig.
+type serveFlags struct {
+	base64   string
+	port     int
+	logLevel string
+	logFile  string
+	emulate  bool
+	ttl      time.Duration
+}
+
+// noPositional marks a setting that skr.sh never passes as a positional
+// argument.
+const noPositional = -1
+
+// serveSettings lists every setting of `skr serve`. A flag not given on the
+// command line falls back to its environment variable, then (for the two
+// settings skr.sh passes that way) to its positional argument.
+var serveSettings = []serveSetting{
+	setting[string]{flag: "base64", env: "SkrSideCarArgs", pos: 0, def: "",
+		usage: "SkrSideCarArgs: base64 (standard) JSON (env SkrSideCarArgs)",
+		field: func(f *serveFlags) *string { return &f.base64 }, parse: parseVerbatim},
+	setting[int]{flag: "port", env: "Port", pos: 1, def: 8080,
+		usage: "TCP port on loopback (env Port)",
+		field: func(f *serveFlags) *int { return &f.port }, parse: parsePortSetting},
+	setting[string]{flag: "loglevel", env: "LogLevel", pos: noPositional, def: "warning",
+		usage: "trace, debug, info, warning, error, fatal or panic (env LogLevel)",
+		field: func(f *serveFlags) *string { return &f.logLevel }, parse: parseVerbatim},
+	setting[string]{flag: "logfile", env: "LogFile", pos: noPositional, def: "",
+		usage: "append logs to this file instead of stderr (env LogFile)",
+		field: func(f *serveFlags) *string { return &f.logFile }, parse: parseVerbatim},
+	setting[bool]{flag: "emulate", env: "SKR_EMULATE", pos: noPositional, def: false,
+		usage: "use the software SNP emulator; its evidence is trusted by no real verifier (env SKR_EMULATE=1)",
+		field: func(f *serveFlags) *bool { return &f.emulate }, parse: parseEmulateSetting},
+	setting[time.Duration]{flag: "wrapping-key-ttl", env: "SKR_WRAPPING_KEY_TTL", pos: noPositional, def: 5 * time.Minute,
+		usage: "how long a wrapping key and its MAA token serve further releases; 0 = fresh per release (env SKR_WRAPPING_KEY_TTL)",
+		field: func(f *serveFlags) *time.Duration { return &f.ttl }, parse: parseTTLSetting},
+}
+
+func parseVerbatim(v string) (string, error) { return v, nil }
+
+func parsePortSetting(v string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return 0, fmt.Errorf("port %q is not a number", v)
+	}
+	return n, nil
+}
+
+func parseEmulateSetting(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("SKR_EMULATE=%q is not a boolean", v)
+	}
+	return b, nil
+}
+
+func parseTTLSetting(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("SKR_WRAPPING_KEY_TTL=%q is not a duration such as 5m: %w", v, err)
+	}
+	return d, nil
+}
+
+// serveSetting is one row of serveSettings, whatever its type.
+type serveSetting interface {
+	declare(fs *flag.FlagSet, f *serveFlags)
+	// fallback fills the setting from a value found in the environment or
+	// among the positional arguments.
+	fallback(f *serveFlags, v string) error
+	flagName() string
+	envName() string
+	position() int
+}
+
+// setting is a serveSetting of type T. Its flag is declared with the flag
+// package's own type, so -h and the flag errors read as usual; parse reads
+// the same setting from the environment or a positional argument.
+type setting[T string | int | bool | time.Duration] struct {
+	flag, env string
+	pos       int // index among skr.sh's positional arguments, or noPositional
+	def       T
+	usage     string
+	field     func(*serveFlags) *T
+	parse     func(string) (T, error)
+}
+
+func (s setting[T]) flagName() string { return s.flag }
+func (s setting[T]) envName() string  { return s.env }
+func (s setting[T]) position() int    { return s.pos }
+
+func (s setting[T]) declare(fs *flag.FlagSet, f *serveFlags) {
+	switch p := any(s.field(f)).(type) {
+	case *string:
+		fs.StringVar(p, s.flag, any(s.def).(string), s.usage)
+	case *int:
+		fs.IntVar(p, s.flag, any(s.def).(int), s.usage)
+	case *bool:
+		fs.BoolVar(p, s.flag, any(s.def).(bool), s.usage)
+	case *time.Duration:
+		fs.DurationVar(p, s.flag, any(s.def).(time.Duration), s.usage)
+	}
+}
+
+func (s setting[T]) fallback(f *serveFlags, v string) error {
+	x, err := s.parse(v)
+	if err != nil {
+		return err
+	}
+	*s.field(f) = x
+	return nil
+}
+
 // parseServeFlags reads the flags, falling back to the environment for each
 // flag not given, then to the skr.sh positional arguments (SkrSideCarArgs,
 // Port).
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (*serverConfig, error) {
+	var f serveFlags
 	fs := flag.NewFlagSet("skr serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	b64 := fs.String("base64", "", "SkrSideCarArgs: base64 (standard) JSON (env SkrSideCarArgs)")
-	port := fs.Int("port", 8080, "TCP port on loopback (env Port)")
-	level := fs.String("loglevel", "warning", "trace, debug, info, warning, error, fatal or panic (env LogLevel)")
-	logFile := fs.String("logfile", "", "append logs to this file instead of stderr (env LogFile)")
-	emulate := fs.Bool("emulate", false, "use the software SNP emulator; its evidence is trusted by no real verifier (env SKR_EMULATE=1)")
-	ttl := fs.Duration("wrapping-key-ttl", 5*time.Minute, "how long a wrapping key and its MAA token serve further releases; 0 = fresh per release (env SKR_WRAPPING_KEY_TTL)")
+	for _, s := range serveSettings {
+		s.declare(fs, &f)
+	}
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: skr [serve] [FLAGS] [SkrSideCarArgs [Port]]")
 		fmt.Fprintln(stderr, "Runs the sidecar on 127.0.0.1 and ::1. Each flag falls back to its environment variable.")
@@ -86,70 +198,54 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	pos := fs.Args()
 	if len(pos) > 2 {
 		return nil, fmt.Errorf("too many arguments %q: want at most SkrSideCarArgs and Port", pos)
 	}
+	if err := applyFallbacks(fs, &f, getenv, pos); err != nil {
+		return nil, err
+	}
+	return f.check()
+}
 
-	// fallback fills a flag not given on the command line from its
-	// environment variable, then from a positional argument.
-	fallback := func(name, env string, posIndex int) (string, bool) {
-		if set[name] {
-			return "", false
+// applyFallbacks fills each setting whose flag was not given from its
+// environment variable, else from its positional argument.
+func applyFallbacks(fs *flag.FlagSet, f *serveFlags, getenv func(string) string, pos []string) error {
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	for _, s := range serveSettings {
+		if given[s.flagName()] {
+			continue
 		}
-		if v := getenv(env); v != "" {
-			return v, true
+		v := getenv(s.envName())
+		if i := s.position(); v == "" && i >= 0 && i < len(pos) {
+			v = pos[i]
 		}
-		if posIndex >= 0 && posIndex < len(pos) && pos[posIndex] != "" {
-			return pos[posIndex], true
+		if v == "" {
+			continue
 		}
-		return "", false
-	}
-	if v, ok := fallback("base64", "SkrSideCarArgs", 0); ok {
-		*b64 = v
-	}
-	if v, ok := fallback("port", "Port", 1); ok {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil {
-			return nil, fmt.Errorf("port %q is not a number", v)
+		if err := s.fallback(f, v); err != nil {
+			return err
 		}
-		*port = n
 	}
-	if v, ok := fallback("loglevel", "LogLevel", -1); ok {
-		*level = v
+	return nil
+}
+
+// check validates the settings together and builds the serverConfig.
+func (f *serveFlags) check() (*serverConfig, error) {
+	if f.port < 0 || f.port > 65535 {
+		return nil, fmt.Errorf("port %d is out of range", f.port)
 	}
-	if v, ok := fallback("logfile", "LogFile", -1); ok {
-		*logFile = v
+	if f.ttl < 0 {
+		return nil, fmt.Errorf("wrapping-key-ttl %v is negative", f.ttl)
 	}
-	if v, ok := fallback("emulate", "SKR_EMULATE", -1); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, fmt.Errorf("SKR_EMULATE=%q is not a boolean", v)
-		}
-		*emulate = b
-	}
-	if v, ok := fallback("wrapping-key-ttl", "SKR_WRAPPING_KEY_TTL", -1); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return nil, fmt.Errorf("SKR_WRAPPING_KEY_TTL=%q is not a duration such as 5m: %w", v, err)
-		}
-		*ttl = d
-	}
-	if *port < 0 || *port > 65535 {
-		return nil, fmt.Errorf("port %d is out of range", *port)
-	}
-	if *ttl < 0 {
-		return nil, fmt.Errorf("wrapping-key-ttl %v is negative", *ttl)
-	}
-	lvl, err := parseLogLevel(*level)
+	lvl, err := parseLogLevel(f.logLevel)
 	if err != nil {
 		return nil, err
 	}
-	skrArgs, err := parseSkrSideCarArgs(*b64)
+	skrArgs, err := parseSkrSideCarArgs(f.base64)
 	if err != nil {
 		return nil, err
 	}
-	return &serverConfig{Args: skrArgs, Port: *port, LogLevel: lvl, LogFile: *logFile, Emulate: *emulate, WrappingKeyTTL: *ttl}, nil
+	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl}, nil
 }
