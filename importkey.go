@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/elliptic"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,7 +32,6 @@ var (
 	validKeyOps       = map[string]bool{"encrypt": true, "decrypt": true, "sign": true, "verify": true, "wrapKey": true, "unwrapKey": true, "import": true, "export": true}
 	validOctSizes     = map[int]bool{16: true, 24: true, 32: true}
 	validRSABits      = map[int]bool{2048: true, 3072: true, 4096: true}
-	curvesByName      = map[string]elliptic.Curve{"P-256": elliptic.P256(), "P-384": elliptic.P384(), "P-521": elliptic.P521()}
 )
 
 // importFlags are the command line.

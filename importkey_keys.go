@@ -154,7 +154,7 @@ func readPrivateKeyPEM(path string, p *importPlan) (any, error) {
 			return nil, fmt.Errorf("-kp %s holds an EC key but key.kty is %s", path, p.KTY)
 		}
 		name := k.Curve.Params().Name
-		if _, ok := curvesByName[name]; !ok {
+		if _, ok := jwkCurveName(k.Curve); !ok {
 			return nil, fmt.Errorf("-kp %s: curve %s; EC-HSM keys are P-256, P-384 or P-521", path, name)
 		}
 		if p.Curve != nil && p.Curve != k.Curve {

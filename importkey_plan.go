@@ -178,7 +178,7 @@ func planKeyShape(p *importPlan, k importKeySpec) error {
 		}
 	case ktyEC:
 		if k.Crv != "" {
-			c, ok := curvesByName[k.Crv]
+			c, ok := jwkCurve(k.Crv)
 			if !ok {
 				return fmt.Errorf("key.crv %q: EC-HSM keys are P-256, P-384 or P-521", k.Crv)
 			}

@@ -92,13 +92,22 @@ func jsonString(s string) []byte {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
-// jwkCurves maps JWK crv names to curves (RFC 7518 §6.2.1.1).
+// jwkCurves maps JWK crv names to curves: the three NIST curves JOSE
+// defines, the only ones this program signs, verifies, releases or imports
+// with.
 var jwkCurves = map[string]elliptic.Curve{
 	"P-256": elliptic.P256(),
 	"P-384": elliptic.P384(),
 	"P-521": elliptic.P521(),
 }
 
+// jwkCurve returns the curve a JWK crv names.
+func jwkCurve(crv string) (elliptic.Curve, bool) {
+	c, ok := jwkCurves[crv]
+	return c, ok
+}
+
+// jwkCurveName returns the JWK crv name of c.
 func jwkCurveName(c elliptic.Curve) (string, bool) {
 	for name, curve := range jwkCurves {
 		if curve == c {
@@ -226,7 +235,7 @@ func (k jwk) rsaPublicKey() (*rsa.PublicKey, error) {
 }
 
 func (k jwk) ecPublicKey() (*ecdsa.PublicKey, error) {
-	curve, ok := jwkCurves[k.Crv]
+	curve, ok := jwkCurve(k.Crv)
 	if !ok {
 		return nil, fmt.Errorf("JWK: unsupported crv %q (want P-256, P-384 or P-521)", k.Crv)
 	}
@@ -361,16 +370,4 @@ func jwkFixed(v, name string, size int) ([]byte, error) {
 		return nil, fmt.Errorf("JWK member %q is %d bytes, want %d", name, len(b), size)
 	}
 	return b, nil
-}
-
-func curveByName(crv string) (elliptic.Curve, error) {
-	switch crv {
-	case "P-256":
-		return elliptic.P256(), nil
-	case "P-384":
-		return elliptic.P384(), nil
-	case "P-521":
-		return elliptic.P521(), nil
-	}
-	return nil, fmt.Errorf("EC curve %q is not supported (P-256, P-384, P-521)", truncate(crv, 20))
 }

@@ -339,9 +339,9 @@ func matchRSAPublic(pub *rsa.PublicKey, n, e string) error {
 }
 
 func matchECPublic(pub *ecdsa.PublicKey, crv, x, y string) error {
-	want, err := curveByName(crv)
-	if err != nil {
-		return err
+	want, ok := jwkCurve(crv)
+	if !ok {
+		return fmt.Errorf("EC curve %q is not supported (P-256, P-384, P-521)", truncate(crv, 20))
 	}
 	if pub.Curve != want {
 		return fmt.Errorf("the unwrapped EC key is on %s, Key Vault signed %s", pub.Curve.Params().Name, crv)
@@ -354,7 +354,7 @@ func matchECPublic(pub *ecdsa.PublicKey, crv, x, y string) error {
 	if err != nil {
 		return fmt.Errorf("signed public y is not base64url: %w", err)
 	}
-	size := (want.Params().BitSize + 7) / 8
+	size := curveByteSize(want)
 	if len(xb) != size || len(yb) != size {
 		return fmt.Errorf("signed public x and y are not %d bytes each", size)
 	}
