@@ -355,7 +355,7 @@ func sourceBaseURL(endpoint string, thim bool) (string, error) {
 	raw := endpoint
 	if !strings.Contains(raw, "://") {
 		scheme := "https://"
-		if thim && isMetadataHost(hostOf(raw)) {
+		if thim && isMetadataHost(hostName(raw)) {
 			scheme = "http://"
 		}
 		raw = scheme + raw
@@ -366,7 +366,7 @@ func sourceBaseURL(endpoint string, thim bool) (string, error) {
 	}
 	switch {
 	case u.Scheme == "https":
-	case u.Scheme == "http" && thim && isMetadataHost(u.Hostname()):
+	case u.Scheme == "http" && thim && isMetadataHost(hostName(u.Host)):
 	default:
 		return "", fmt.Errorf("scheme %q is refused in %q: only https (or http to 169.254.169.254 for THIM)", u.Scheme, endpoint)
 	}

@@ -37,26 +37,15 @@ func normalizeEndpoint(field, s string) (string, error) {
 	return strings.ToLower(u.Host), nil
 }
 
-func hostOf(hostPath string) string {
-	host, _, _ := strings.Cut(hostPath, "/")
-	if h, _, ok := strings.Cut(host, ":"); ok && !strings.Contains(host, "]") {
-		return h
+// hostName is the host name in host[:port][/path], for comparing hosts and
+// matching them against names and suffixes: without port, IPv6 brackets,
+// surrounding space, upper case or the trailing dot of a fully qualified
+// name.
+func hostName(s string) string {
+	s = strings.ToLower(strings.TrimSpace(s))
+	s, _, _ = strings.Cut(s, "/")
+	if h, _, err := net.SplitHostPort(s); err == nil {
+		s = h
 	}
-	return host
-}
-
-func hostOnly(hostport string) string {
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		return strings.Trim(h, "[]")
-	}
-	return strings.Trim(hostport, "[]")
-}
-
-// normalizedVaultHost is a host name without port, case or trailing dot.
-func normalizedVaultHost(host string) string {
-	host = strings.ToLower(strings.TrimSpace(host))
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	return strings.TrimSuffix(host, ".")
+	return strings.TrimSuffix(strings.Trim(s, "[]"), ".")
 }

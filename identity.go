@@ -396,7 +396,7 @@ var vaultResources = []struct{ suffix, resource string }{
 // not a Key Vault or Managed HSM: the token opens every vault the identity
 // may use, so a mistyped or hostile akv_endpoint must not receive it.
 func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
-	host := normalizedVaultHost(vaultHost)
+	host := hostName(vaultHost)
 	for _, v := range vaultResources {
 		if strings.HasSuffix(host, v.suffix) {
 			return nil
@@ -422,7 +422,7 @@ func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
 // a test stand-in on 127.0.0.1) follows Microsoft's sidecar: Managed HSM
 // when the name contains "managedhsm", else public-cloud Key Vault.
 func vaultResource(host string) string {
-	host = normalizedVaultHost(host)
+	host = hostName(host)
 	for _, v := range vaultResources {
 		if strings.HasSuffix(host, v.suffix) {
 			return v.resource

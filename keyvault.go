@@ -109,7 +109,7 @@ func verifyReleaseJWS(compact, vault string, roots *x509.CertPool, now time.Time
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	host := hostOnly(vault)
+	host := hostName(vault)
 	if _, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: inter,

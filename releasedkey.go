@@ -181,7 +181,7 @@ func (e *releaseEnvelope) checkBinding(want keyRef, vault string, wk *wrappingKe
 	if err != nil {
 		return err
 	}
-	if u, _ := url.Parse(e.Kid); !strings.EqualFold(hostOnly(u.Host), hostOnly(vault)) {
+	if u, _ := url.Parse(e.Kid); hostName(u.Host) != hostName(vault) {
 		return fmt.Errorf("released key %q is not in vault %s", truncate(e.Kid, 200), vault)
 	}
 	if !strings.EqualFold(name, want.Name) {

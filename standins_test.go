@@ -938,14 +938,15 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	})
 
 	signer := kv.signer
+	host, _, _ := net.SplitHostPort(kv.host)
 	var chain []*x509.Certificate
 	switch {
 	case untrusted:
-		chain = []*x509.Certificate{kv.pki.untInter.issue(&signer.PublicKey, hostOnly(kv.host)), kv.pki.untInter.cert, kv.pki.untrustedRoot.cert}
+		chain = []*x509.Certificate{kv.pki.untInter.issue(&signer.PublicKey, host), kv.pki.untInter.cert, kv.pki.untrustedRoot.cert}
 	case wrongHost:
 		chain = []*x509.Certificate{kv.pki.inter.issue(&signer.PublicKey, "other-vault.vault.azure.net"), kv.pki.inter.cert, kv.pki.root.cert}
 	default:
-		chain = []*x509.Certificate{kv.pki.inter.issue(&signer.PublicKey, "*.vault.azure.net", hostOnly(kv.host)), kv.pki.inter.cert, kv.pki.root.cert}
+		chain = []*x509.Certificate{kv.pki.inter.issue(&signer.PublicKey, "*.vault.azure.net", host), kv.pki.inter.cert, kv.pki.root.cert}
 	}
 	if wrongSigner {
 		signer = standInRSAKey(kv.t, rsaOther)
