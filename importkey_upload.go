@@ -91,16 +91,6 @@ func redactedRequest(req *importKeyRequest) []byte {
 	return prettyJSON(r)
 }
 
-// prettyJSON indents v for people, without HTML escaping.
-func prettyJSON(v any) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-}
-
 // putKey sends the import and returns the new key's id.
 func putKey(ctx context.Context, client *http.Client, retry retryPolicy, putURL, token string, body []byte) (string, error) {
 	ctx = withSecrets(ctx, privateJWKMembers(body)...)

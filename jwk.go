@@ -8,7 +8,6 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	_ "crypto/sha512"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -85,11 +84,8 @@ func jwkThumbprint(k jwk) (string, error) {
 
 // jsonString is s as a JSON string without HTML escaping, as RFC 7638 wants.
 func jsonString(s string) []byte {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	enc.Encode(s) // a string always encodes
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	b, _ := marshalJSON(s) // a string always encodes
+	return b
 }
 
 // jwkCurves maps JWK crv names to curves: the three NIST curves JOSE
