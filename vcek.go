@@ -38,13 +38,35 @@ type vcekInfo struct {
 	TCB         uint64 // Parts packed with Product's layout
 }
 
-// parseVCEKExtensions decodes the AMD extensions of a VCEK (or VLEK).
-// SPLs are DER INTEGERs: a value of 0x80 or more is encoded 02 02 00 xx,
-// so reading a fixed byte offset would be wrong.
+// parseVCEKExtensions decodes the AMD extensions of a VCEK (or VLEK): the
+// product, the security patch levels it certifies and the chip (hwID) or
+// cloud provider (cspId) it was issued to.
 func parseVCEKExtensions(cert *x509.Certificate) (*vcekInfo, error) {
 	if cert == nil {
 		return nil, errors.New("no certificate")
 	}
+	exts, err := amdExtensions(cert)
+	if err != nil {
+		return nil, err
+	}
+	info := &vcekInfo{}
+	if info.ProductName, info.Product, err = vcekProduct(exts); err != nil {
+		return nil, err
+	}
+	if info.Parts, err = vcekSPLs(exts, info.Product); err != nil {
+		return nil, err
+	}
+	info.TCB = composeTCB(info.Product, info.Parts)
+	if info.HWID, info.CSPID, err = vcekHolder(exts, info.Product); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// amdExtensions are the values of cert's extensions under AMD's KDS arc,
+// by OID. An extension given twice is refused: which one counts would be
+// up to the reader.
+func amdExtensions(cert *x509.Certificate) (map[string][]byte, error) {
 	exts := map[string][]byte{}
 	for _, e := range cert.Extensions {
 		if !hasOIDPrefix(e.Id, oidAMDKDS) {
@@ -56,83 +78,101 @@ func parseVCEKExtensions(cert *x509.Certificate) (*vcekInfo, error) {
 		}
 		exts[k] = e.Value
 	}
-	info := &vcekInfo{}
+	return exts, nil
+}
+
+// vcekProduct reads the productName extension, e.g. "Milan-B0", and the
+// product line it names, whose layout the TCB follows.
+func vcekProduct(exts map[string][]byte) (string, snpProduct, error) {
 	raw, ok := exts[oidProductName.String()]
 	if !ok {
-		return nil, fmt.Errorf("no productName extension (%s): not an AMD VCEK", oidProductName)
+		return "", "", fmt.Errorf("no productName extension (%s): not an AMD VCEK", oidProductName)
 	}
 	name, err := derIA5String(raw)
 	if err != nil {
-		return nil, fmt.Errorf("productName extension: %w", err)
+		return "", "", fmt.Errorf("productName extension: %w", err)
 	}
-	info.ProductName = name
-	if info.Product, ok = parseProductLine(name); !ok {
-		return nil, fmt.Errorf("productName %q is not a known product (Milan, Genoa, Turin)", name)
+	product, ok := parseProductLine(name)
+	if !ok {
+		return "", "", fmt.Errorf("productName %q is not a known product (Milan, Genoa, Turin)", name)
 	}
+	return name, product, nil
+}
 
-	spl := func(oid asn1.ObjectIdentifier, field string, required bool, dst *uint8) error {
-		raw, ok := exts[oid.String()]
+// splExtension is one security patch level extension of a VCEK and the
+// part of the TCB it certifies.
+type splExtension struct {
+	oid      asn1.ObjectIdentifier
+	name     string
+	required bool
+	dst      *uint8
+}
+
+// splExtensionsOf lists, in the order they are checked, the SPL extensions
+// a VCEK of product p is read for, each pointing into t. spl_4..spl_7 are
+// reserved bytes of the Milan/Genoa layout and may be absent; Turin packs
+// its named SPLs (fmcSPL among them) where those bytes are, so they do not
+// apply to it.
+func splExtensionsOf(p snpProduct, t *tcbParts) []splExtension {
+	turin := p == productTurin
+	spls := []splExtension{
+		{oidBlSPL, "blSPL", true, &t.BL},
+		{oidTeeSPL, "teeSPL", true, &t.TEE},
+		{oidSnpSPL, "snpSPL", true, &t.SNP},
+		{oidUcodeSPL, "ucodeSPL", true, &t.Ucode},
+		{oidFmcSPL, "fmcSPL", turin, &t.FMC},
+	}
+	if turin {
+		return spls
+	}
+	for i, oid := range []asn1.ObjectIdentifier{oidSpl4, oidSpl5, oidSpl6, oidSpl7} {
+		spls = append(spls, splExtension{oid, fmt.Sprintf("spl_%d", i+4), false, &t.Reserved[i]})
+	}
+	return spls
+}
+
+// vcekSPLs reads the security patch levels. They are DER INTEGERs: a value
+// of 0x80 or more is encoded 02 02 00 xx, so reading a fixed byte offset
+// would be wrong.
+func vcekSPLs(exts map[string][]byte, p snpProduct) (tcbParts, error) {
+	var t tcbParts
+	for _, s := range splExtensionsOf(p, &t) {
+		raw, ok := exts[s.oid.String()]
 		if !ok {
-			if required {
-				return fmt.Errorf("no %s extension (%s)", field, oid)
+			if s.required {
+				return tcbParts{}, fmt.Errorf("no %s extension (%s)", s.name, s.oid)
 			}
-			return nil
+			continue
 		}
 		v, err := derUint8(raw)
 		if err != nil {
-			return fmt.Errorf("%s extension: %w", field, err)
+			return tcbParts{}, fmt.Errorf("%s extension: %w", s.name, err)
 		}
-		*dst = v
-		return nil
+		*s.dst = v
 	}
-	turin := info.Product == productTurin
-	p := &info.Parts
-	for _, s := range []struct {
-		oid      asn1.ObjectIdentifier
-		field    string
-		required bool
-		dst      *uint8
-	}{
-		{oidBlSPL, "blSPL", true, &p.BL},
-		{oidTeeSPL, "teeSPL", true, &p.TEE},
-		{oidSnpSPL, "snpSPL", true, &p.SNP},
-		{oidUcodeSPL, "ucodeSPL", true, &p.Ucode},
-		{oidFmcSPL, "fmcSPL", turin, &p.FMC},
-	} {
-		if err := spl(s.oid, s.field, s.required, s.dst); err != nil {
-			return nil, err
-		}
-	}
-	// spl_4..spl_7 are reserved bytes of the Milan/Genoa layout; Turin
-	// packs its named SPLs there instead, so they do not apply.
-	if !turin {
-		for i, oid := range []asn1.ObjectIdentifier{oidSpl4, oidSpl5, oidSpl6, oidSpl7} {
-			if err := spl(oid, fmt.Sprintf("spl_%d", i+4), false, &p.Reserved[i]); err != nil {
-				return nil, err
-			}
-		}
-	} else if _, ok := exts[oidFmcSPL.String()]; !ok {
-		return nil, fmt.Errorf("no fmcSPL extension (%s) in a Turin VCEK", oidFmcSPL)
-	}
-	info.TCB = composeTCB(info.Product, info.Parts)
+	return t, nil
+}
 
+// vcekHolder reads whom the certificate was issued to: a chip's hwID (a
+// VCEK) or a cloud provider's cspId (a VLEK), exactly one of them.
+func vcekHolder(exts map[string][]byte, p snpProduct) (hwID []byte, cspID string, err error) {
 	hwRaw, hasHWID := exts[oidHWID.String()]
 	cspRaw, hasCSP := exts[oidCSPID.String()]
 	switch {
 	case hasHWID && hasCSP:
-		return nil, errors.New("certificate has both hwID and cspId extensions")
+		return nil, "", errors.New("certificate has both hwID and cspId extensions")
 	case hasHWID:
-		if info.HWID, err = decodeHWID(info.Product, hwRaw); err != nil {
-			return nil, fmt.Errorf("hwID extension: %w", err)
+		if hwID, err = decodeHWID(p, hwRaw); err != nil {
+			return nil, "", fmt.Errorf("hwID extension: %w", err)
 		}
+		return hwID, "", nil
 	case hasCSP:
-		if info.CSPID, err = derIA5String(cspRaw); err != nil {
-			return nil, fmt.Errorf("cspId extension: %w", err)
+		if cspID, err = derIA5String(cspRaw); err != nil {
+			return nil, "", fmt.Errorf("cspId extension: %w", err)
 		}
-	default:
-		return nil, errors.New("certificate has neither a hwID (VCEK) nor a cspId (VLEK) extension")
+		return nil, cspID, nil
 	}
-	return info, nil
+	return nil, "", errors.New("certificate has neither a hwID (VCEK) nor a cspId (VLEK) extension")
 }
 
 func hasOIDPrefix(id, prefix asn1.ObjectIdentifier) bool {
