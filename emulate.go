@@ -25,7 +25,7 @@ import (
 // microcode SPL 0xDB is >= 0x80 on purpose, so that every run exercises the
 // DER INTEGER encoding of SPLs that a naive parser gets wrong.
 const (
-	emulatedProductLine = "Milan"
+	emulatedProductLine = string(productMilan)
 	emulatedProductName = "Milan-B0"
 	emulatedCPUIDFamily = 0x19
 	emulatedCPUIDModel  = 0x01
@@ -41,16 +41,7 @@ const (
 
 // emulatedTCB is the Milan TCB_VERSION the VCEK certifies and every report
 // carries: boot loader 4, TEE 0, SNP 0x18, microcode 0xDB.
-var emulatedTCB = milanTCB{BootLoader: 4, TEE: 0, SNP: 0x18, Microcode: 0xDB}
-
-// milanTCB is a TCB_VERSION in the Milan/Genoa layout (azure-protocols §5.1).
-type milanTCB struct {
-	BootLoader, TEE, SNP, Microcode uint8
-}
-
-func (t milanTCB) u64() uint64 {
-	return uint64(t.BootLoader) | uint64(t.TEE)<<8 | uint64(t.SNP)<<48 | uint64(t.Microcode)<<56
-}
+var emulatedTCB = tcbParts{BL: 4, TEE: 0, SNP: 0x18, Ucode: 0xDB}
 
 // emulatorIdentity is one emulated machine: its keys, chain and per-run
 // identifiers. Made once per run, in the background.
@@ -132,7 +123,7 @@ func amdName(cn string) pkix.Name {
 // emulatedChain certifies vcek for tcb and hwID under a self-signed ARK and
 // an ASK, with AMD's names, algorithms (RSASSA-PSS SHA-384) and VCEK
 // extensions.
-func emulatedChain(arkKey, askKey *rsa.PrivateKey, vcek *ecdsa.PrivateKey, tcb milanTCB, hwID []byte) (*platformCerts, error) {
+func emulatedChain(arkKey, askKey *rsa.PrivateKey, vcek *ecdsa.PrivateKey, tcb tcbParts, hwID []byte) (*platformCerts, error) {
 	now := time.Now().Add(-time.Hour) // tolerate a verifier's clock a little behind
 	crl := "https://kdsintf.amd.com/vcek/v1/" + emulatedProductLine + "/crl"
 	ark, err := createCert(amdCATemplate("ARK-"+emulatedProductLine, crl, now), nil, &arkKey.PublicKey, arkKey)
@@ -165,7 +156,7 @@ func emulatedChain(arkKey, askKey *rsa.PrivateKey, vcek *ecdsa.PrivateKey, tcb m
 			return nil, err
 		}
 	}
-	return &platformCerts{VCEK: vcekCert, ASK: ask, ARK: ark, ChainPEM: chain.Bytes(), TCB: tcb.u64()}, nil
+	return &platformCerts{VCEK: vcekCert, ASK: ask, ARK: ark, ChainPEM: chain.Bytes(), TCB: composeTCB(productMilan, tcb)}, nil
 }
 
 // amdCATemplate is an ARK or ASK as AMD issues them: a CA signing with
@@ -204,28 +195,16 @@ func randomSerial() *big.Int {
 	return n.Add(n, big.NewInt(1))
 }
 
-// AMD's VCEK extensions (azure-protocols.md §5.5).
-var (
-	oidAMDStructVersion = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 1}
-	oidAMDProductName   = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 2}
-	oidAMDBlSPL         = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 3, 1}
-	oidAMDHWID          = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 4}
-)
-
-// oidAMDSPL is .1.3.n: 1 boot loader, 2 TEE, 3 SNP, 4-7 reserved, 8 microcode.
-func oidAMDSPL(n int) asn1.ObjectIdentifier {
-	return asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 3, n}
-}
-
 // vcekExtensions builds the extensions AMD's KDS puts in a Milan/Genoa
-// VCEK: SPLs as DER INTEGERs, the product name as an IA5String and the hwID
-// as its raw 64 bytes, without a DER tag, exactly as KDS does.
-func vcekExtensions(tcb milanTCB, hwID []byte, productName string) ([]pkix.Extension, error) {
-	if len(hwID) != 64 {
-		return nil, fmt.Errorf("hwID is %d bytes, want 64", len(hwID))
+// VCEK certifying tcb: SPLs as DER INTEGERs, the product name as an
+// IA5String and the hwID as its raw 64 bytes, without a DER tag, exactly as
+// KDS does.
+func vcekExtensions(tcb tcbParts, hwID []byte, productName string) ([]pkix.Extension, error) {
+	if len(hwID) != hwidSizeMilan {
+		return nil, fmt.Errorf("hwID is %d bytes, want %d", len(hwID), hwidSizeMilan)
 	}
-	derInt := func(v int) []byte {
-		b, _ := asn1.Marshal(v) // cannot fail for an int
+	derInt := func(v uint8) []byte {
+		b, _ := asn1.Marshal(int(v)) // cannot fail for an int
 		return b
 	}
 	name, err := asn1.MarshalWithParams(productName, "ia5")
@@ -233,14 +212,20 @@ func vcekExtensions(tcb milanTCB, hwID []byte, productName string) ([]pkix.Exten
 		return nil, fmt.Errorf("product name %q: %w", productName, err)
 	}
 	exts := []pkix.Extension{
-		{Id: oidAMDStructVersion, Value: derInt(1)},
-		{Id: oidAMDProductName, Value: name},
+		{Id: oidStructVersion, Value: derInt(1)},
+		{Id: oidProductName, Value: name},
 	}
-	spls := []uint8{1: tcb.BootLoader, 2: tcb.TEE, 3: tcb.SNP, 4: 0, 5: 0, 6: 0, 7: 0, 8: tcb.Microcode}
-	for n := 1; n <= 8; n++ {
-		exts = append(exts, pkix.Extension{Id: oidAMDSPL(n), Value: derInt(int(spls[n]))})
+	for _, spl := range []struct {
+		oid asn1.ObjectIdentifier
+		v   uint8
+	}{
+		{oidBlSPL, tcb.BL}, {oidTeeSPL, tcb.TEE}, {oidSnpSPL, tcb.SNP},
+		{oidSpl4, tcb.Reserved[0]}, {oidSpl5, tcb.Reserved[1]}, {oidSpl6, tcb.Reserved[2]}, {oidSpl7, tcb.Reserved[3]},
+		{oidUcodeSPL, tcb.Ucode},
+	} {
+		exts = append(exts, pkix.Extension{Id: spl.oid, Value: derInt(spl.v)})
 	}
-	exts = append(exts, pkix.Extension{Id: oidAMDHWID, Value: bytes.Clone(hwID)})
+	exts = append(exts, pkix.Extension{Id: oidHWID, Value: bytes.Clone(hwID)})
 	return exts, nil
 }
 

@@ -53,7 +53,7 @@ func TestEmulatorReportVerifiesWithGoSevGuest(t *testing.T) {
 	if r.HostData != sha256.Sum256(policy) {
 		t.Errorf("HOST_DATA %x, want sha256(policy)", r.HostData)
 	}
-	tcb := emulatedTCB.u64()
+	tcb := composeTCB(productMilan, emulatedTCB)
 	if tcb != 0xDB18000000000004 {
 		t.Fatalf("emulated TCB %#x", tcb)
 	}
@@ -151,7 +151,7 @@ func TestEmulatorChainLooksLikeAMDs(t *testing.T) {
 
 func TestVCEKExtensions(t *testing.T) {
 	hwID := bytes.Repeat([]byte{0xC3}, 64)
-	tcb := milanTCB{BootLoader: 0x81, TEE: 0x7F, SNP: 0x80, Microcode: 0xFF}
+	tcb := tcbParts{BL: 0x81, TEE: 0x7F, SNP: 0x80, Ucode: 0xFF}
 	exts, err := vcekExtensions(tcb, hwID, "Milan-B0")
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +181,7 @@ func TestVCEKExtensions(t *testing.T) {
 	}
 	// go-sev-guest's kds reads back the same TCB from a certificate (it
 	// allows 0-255 for microcode, 0-127 for the other SPLs).
-	tcb = milanTCB{BootLoader: 0x7F, TEE: 2, SNP: 0x18, Microcode: 0xFF}
+	tcb = tcbParts{BL: 0x7F, TEE: 2, SNP: 0x18, Ucode: 0xFF}
 	if exts, err = vcekExtensions(tcb, hwID, "Milan-B0"); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestVCEKExtensions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if uint64(parsed.TCBVersion) != tcb.u64() || !bytes.Equal(parsed.HWID, hwID) || parsed.StructVersion != 1 {
+	if uint64(parsed.TCBVersion) != composeTCB(productMilan, tcb) || !bytes.Equal(parsed.HWID, hwID) || parsed.StructVersion != 1 {
 		t.Errorf("kds reads TCB %#x hwID %x version %d", uint64(parsed.TCBVersion), parsed.HWID[:4], parsed.StructVersion)
 	}
 	if _, err := vcekExtensions(tcb, hwID[:8], "Milan-B0"); err == nil {
@@ -199,10 +199,10 @@ func TestVCEKExtensions(t *testing.T) {
 }
 
 func TestMilanTCBLayout(t *testing.T) {
-	if got := (milanTCB{BootLoader: 3, TEE: 0, SNP: 8, Microcode: 0x73}).u64(); got != 0x7308000000000003 {
+	if got := composeTCB(productMilan, tcbParts{BL: 3, TEE: 0, SNP: 8, Ucode: 0x73}); got != 0x7308000000000003 {
 		t.Fatalf("%#x, want the ACI sample's 0x7308000000000003", got)
 	}
-	if got := (milanTCB{TEE: 1}).u64(); got != 0x100 {
+	if got := composeTCB(productMilan, tcbParts{TEE: 1}); got != 0x100 {
 		t.Fatalf("TEE SPL is byte 1: %#x", got)
 	}
 }

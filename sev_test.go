@@ -298,7 +298,7 @@ var (
 func newFakeSevGuest(t testing.TB) (teeDevice, *platformCerts) {
 	t.Helper()
 	fakeSignerOnce.Do(func() {
-		exts, err := vcekExtensions(milanTCB{BootLoader: 3, SNP: 8, Microcode: 0x73}, fakeSevGuestHWID[:], "Milan-B0")
+		exts, err := vcekExtensions(tcbParts{BL: 3, SNP: 8, Ucode: 0x73}, fakeSevGuestHWID[:], "Milan-B0")
 		if err != nil {
 			fakeSignerErr = err
 			return
