@@ -119,9 +119,6 @@ type snpReport struct {
 	Raw             []byte   // the 1184 bytes it was parsed from
 }
 
-// Debuggable is POLICY.DEBUG.
-func (r *snpReport) Debuggable() bool { return r.Policy&(1<<19) != 0 }
-
 // SigningKey is 0 for VCEK, 1 for VLEK, 7 for none.
 func (r *snpReport) SigningKey() uint32 { return (r.SignerInfo >> 2) & 7 }
 

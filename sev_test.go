@@ -953,3 +953,6 @@ func TestLegacySevReport(t *testing.T) {
 		})
 	}
 }
+
+// Debuggable is POLICY.DEBUG.
+func (r *snpReport) Debuggable() bool { return r.Policy&(1<<19) != 0 }

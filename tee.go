@@ -35,13 +35,6 @@ type teeOptions struct {
 	Log            *slog.Logger
 }
 
-// openTEE finds the guest interface: configfs-tsm, /dev/sev-guest, /dev/sev
-// in that order, or the emulator when asked. With none it returns an error
-// naming the paths probed and -emulate.
-func openTEE(opts teeOptions) (teeDevice, error) {
-	return openTEEFrom(opts, defaultGuestInterfaces)
-}
-
 // guestInterfaces says where the guest interfaces live; tests point it at
 // temporary directories.
 type guestInterfaces struct {
@@ -60,6 +53,9 @@ var defaultGuestInterfaces = guestInterfaces{
 	LegacySev:   "/dev/sev",
 }
 
+// openTEEFrom finds the guest interface in gi: configfs-tsm,
+// /dev/sev-guest, /dev/sev in that order, or the emulator when asked. With
+// none it returns an error naming the paths probed and -emulate.
 func openTEEFrom(opts teeOptions, gi guestInterfaces) (teeDevice, error) {
 	log := opts.Log
 	if log == nil {

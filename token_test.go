@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -890,4 +891,12 @@ func TestIdentityTokenOnlyForVaultHosts(t *testing.T) {
 			t.Errorf("mayReceiveToken(%q): status %d", host, statusFor(err))
 		}
 	}
+}
+
+// vaultToken is a token for vaultHost from a fresh provider, as a one-shot
+// tool gets it: from the same sources as the server, in the same order
+// (workload identity from the environment, else IMDS with clientID, or the
+// system-assigned identity when clientID is empty).
+func vaultToken(ctx context.Context, client *http.Client, log *slog.Logger, vaultHost, clientID string) (token, source string, err error) {
+	return newTokenProvider(tokenConfig{IdentityClientID: clientID, Client: client, Log: log}).Token(ctx, vaultHost)
 }
