@@ -15,7 +15,9 @@ import (
 	"strings"
 )
 
-// thimDocument is the THIM JSON (azure-protocols.md §5.2).
+// thimDocument is the JSON that THIM (the host's certificate service at
+// the link-local metadata address) and AzCache answer with: the VCEK and
+// its chain as PEM, and the TCB the VCEK certifies as 16 hex digits.
 type thimDocument struct {
 	VCEKCert         string `json:"vcekCert"`
 	CertificateChain string `json:"certificateChain"`
@@ -259,7 +261,9 @@ func azCacheURL(base, tee string, chip [64]byte, tcb uint64, apiVersion, clientI
 	return u
 }
 
-// Certificate source defaults (sidecar.md §3, azure-protocols.md §5).
+// The certcache endpoint types SkrSideCarArgs may name, and where each
+// fetches from when SkrSideCarArgs gives no endpoint (the same defaults as
+// Microsoft's sidecar).
 const (
 	sourceAMD       = "AMD"
 	sourceAzCache   = "AzCache"

@@ -18,7 +18,8 @@ import (
 	"time"
 )
 
-// Environment variables the clients read (the seed's names).
+// Environment variables the clients read: the names Microsoft's
+// attest_client.sh and skr_client.sh use, so their templates work as they are.
 const (
 	envAttestRuntimeData = "AttestClientRuntimeData"
 	envAttestMAAEndpoint = "AttestClientMAAEndpoint"
@@ -138,8 +139,8 @@ func releaseClientMain(args []string, stdout, stderr io.Writer, getenv func(stri
 	return runClientLoop(opts, calls, stdout, stderr)
 }
 
-// envOrArg is the seed scripts' rule: the environment variable, else the
-// positional argument.
+// envOrArg is the upstream client scripts' rule: the environment variable,
+// else the positional argument.
 func envOrArg(getenv func(string) string, pos []string, i int, env string) string {
 	if v := strings.TrimSpace(getenv(env)); v != "" {
 		return v

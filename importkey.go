@@ -20,7 +20,7 @@ const (
 
 	defaultVaultAPIVersion = "7.4"
 	defaultRSABits         = 3072
-	defaultDerivationLabel = "Symmetric Encryption Key" // the seed's default
+	defaultDerivationLabel = "Symmetric Encryption Key" // Microsoft's importkey default
 	maxImportConfig        = 1 << 20
 	maxKeyFile             = 64 << 10
 )

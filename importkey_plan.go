@@ -11,9 +11,10 @@ import (
 	"strings"
 )
 
-// importKeyConfig is the seed's importkeyconfig.json. Claims may sit at the
-// top level (the seed's place) or under "key"; both a list of allOf lists
-// and a single flat allOf list are accepted.
+// importKeyConfig is importkeyconfig.json, as Microsoft's importkey tool
+// reads it. Claims may sit at the top level (where that tool puts them) or
+// under "key"; both a list of allOf lists and a single flat allOf list are
+// accepted.
 type importKeyConfig struct {
 	Key           importKeySpec      `json:"key"`
 	Claims        claimSets          `json:"claims"`
@@ -41,7 +42,7 @@ type importKeySpec struct {
 
 type vaultSpec struct {
 	Endpoint    string `json:"endpoint"`
-	APIVersion  string `json:"api_version"` // "7.4" or the seed's "api-version=7.4"
+	APIVersion  string `json:"api_version"` // "7.4" or the upstream form "api-version=7.4"
 	BearerToken string `json:"bearer_token"`
 }
 

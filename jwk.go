@@ -160,8 +160,9 @@ func rsaPrivateJWK(k *rsa.PrivateKey) (jwk, error) {
 	}, nil
 }
 
-// ecPrivateJWK encodes x, y and d at the full field size, as RFC 7518
-// §6.2.1.2 and §6.2.2.1 require (no stripped leading zeros).
+// ecPrivateJWK encodes x, y and d at the full field size, as JWA (RFC 7518)
+// requires: a coordinate with leading zero bytes keeps them, so every
+// reader knows the curve's size from the member's length.
 func ecPrivateJWK(k *ecdsa.PrivateKey) (jwk, error) {
 	if k == nil || k.Curve == nil {
 		return jwk{}, errors.New("JWK: incomplete EC private key")
@@ -183,7 +184,8 @@ func ecPrivateJWK(k *ecdsa.PrivateKey) (jwk, error) {
 }
 
 // parseJWK decodes an untrusted JWK's JSON: one bounded JSON object with a
-// kty. Members we do not know are ignored, as RFC 7517 §4 asks.
+// kty. Members we do not know are ignored, as the JWK standard (RFC 7517)
+// asks, so that keys carrying newer members still parse.
 func parseJWK(b []byte) (jwk, error) {
 	var k jwk
 	if len(b) > maxJWKSize {
@@ -335,8 +337,8 @@ func (k jwk) ecPrivateKey() (*ecdsa.PrivateKey, error) {
 	return key, nil
 }
 
-// jwkUint decodes a Base64urlUInt member (RFC 7518 §2): non-empty, and
-// non-zero.
+// jwkUint decodes a Base64urlUInt member (a big-endian unsigned integer in
+// base64url, as JWA defines it): non-empty, and non-zero.
 func jwkUint(v, name string) (*big.Int, error) {
 	if v == "" {
 		return nil, fmt.Errorf("JWK member %q is missing", name)

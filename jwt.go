@@ -116,8 +116,9 @@ func parseJWS(compact string) (*parsedJWS, error) {
 }
 
 // parseJWSHeader decodes the protected header and refuses what we cannot
-// honour: no alg, or any critical extension (we implement none, and RFC 7515
-// §4.1.11 says a recipient that does not understand one must reject).
+// honour: no alg, or any critical ("crit") extension: we implement none,
+// and a recipient that does not understand a critical extension must reject
+// the JWS (RFC 7515), since its meaning may change how it is read.
 func parseJWSHeader(raw []byte) (jwsHeader, error) {
 	var h jwsHeader
 	if err := decodeJSONObject(raw, &h); err != nil {
@@ -145,7 +146,7 @@ func decodeJSONObject(b []byte, v any) error {
 	return json.Unmarshal(trimmed, v)
 }
 
-// jwsAlg describes one signature algorithm of RFC 7518 §3.
+// jwsAlg describes one JWS signature algorithm (RFC 7518).
 type jwsAlg struct {
 	hash  crypto.Hash
 	kind  string         // "RS" (PKCS#1 v1.5), "PS" (PSS) or "ES" (ECDSA)
@@ -204,8 +205,8 @@ func (j *parsedJWS) verify(pub crypto.PublicKey, allowed ...string) error {
 	case "RS":
 		err = rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), a.hash, digest, j.Signature)
 	case "PS":
-		// RFC 7518 §3.5 says the salt is as long as the hash; auto-detect
-		// accepts that and other salt lengths signers have used.
+		// JWA says the salt is as long as the hash; auto-detect accepts
+		// that and other salt lengths signers have used.
 		err = rsa.VerifyPSS(pub.(*rsa.PublicKey), a.hash, digest, j.Signature, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: a.hash})
 	case "ES":
 		err = verifyECDSARaw(pub.(*ecdsa.PublicKey), digest, j.Signature)
@@ -240,7 +241,7 @@ func checkKeyFitsAlg(pub crypto.PublicKey, alg string, a jwsAlg) error {
 }
 
 // verifyECDSARaw checks a JOSE ECDSA signature: R and S as fixed-size
-// big-endian integers, concatenated (RFC 7518 §3.4), not DER.
+// big-endian integers, concatenated, as JWA defines it, not DER as in X.509.
 func verifyECDSARaw(pub *ecdsa.PublicKey, digest, sig []byte) error {
 	size := curveByteSize(pub.Curve)
 	if len(sig) != 2*size {

@@ -45,7 +45,8 @@ func aesKeyWrapPad(kek, plaintext []byte) ([]byte, error) {
 	binary.BigEndian.PutUint32(out[4:8], uint32(len(plaintext)))
 	copy(out[8:], plaintext) // zero padding: out is zeroed
 	if padded == 8 {
-		// RFC 5649 §4.1: one block of plaintext is a single AES encryption.
+		// One block of padded plaintext is wrapped with a single AES
+		// encryption of A and that block, not with the six rounds.
 		block.Encrypt(out, out)
 		return out, nil
 	}
@@ -53,8 +54,9 @@ func aesKeyWrapPad(kek, plaintext []byte) ([]byte, error) {
 	return out, nil
 }
 
-// wrapBlocks is the RFC 3394 §2.2.1 wrapping process, in place: buf holds
-// the initial value A followed by the n plaintext blocks R[1..n].
+// wrapBlocks is the RFC 3394 wrapping process (six rounds over the blocks),
+// in place: buf holds the initial value A followed by the n plaintext blocks
+// R[1..n].
 func wrapBlocks(block cipher.Block, buf []byte) {
 	n := len(buf)/8 - 1
 	var b [16]byte
@@ -71,7 +73,7 @@ func wrapBlocks(block cipher.Block, buf []byte) {
 	copy(buf[:8], b[:8])
 }
 
-// unwrapBlocks reverses wrapBlocks in place (RFC 3394 §2.2.2).
+// unwrapBlocks reverses wrapBlocks in place.
 func unwrapBlocks(block cipher.Block, buf []byte) {
 	n := len(buf)/8 - 1
 	var b [16]byte
@@ -115,7 +117,7 @@ func aesKeyUnwrapPad(kek, ciphertext []byte) ([]byte, error) {
 	return plaintext, nil
 }
 
-// kwpIntegrityOK checks RFC 5649 §3's three conditions on the unwrapped
+// kwpIntegrityOK checks RFC 5649's three integrity conditions on the unwrapped
 // buffer (A followed by the padded plaintext): the AIV constant (compared
 // in constant time), an MLI that falls in the last 64-bit block, and zero
 // padding. All three are evaluated before answering, and the caller gives

@@ -29,8 +29,8 @@ func init() {
 		{"serve", []string{"skr.sh"}, "run the sidecar HTTP server (the default)", runServe},
 		{"digest", []string{"securitypolicydigest"}, "print the sha-256 of a base64 security policy (x-ms-sevsnpvm-hostdata)", runDigest},
 		{"importkey", []string{"importkey"}, "import a key with a release policy into Key Vault / Managed HSM", runImportKey},
-		{"attest-client", []string{"attest_client.sh"}, "the seed's attestation test client", runAttestClient},
-		{"release-client", []string{"skr_client.sh"}, "the seed's key-release test client", runReleaseClient},
+		{"attest-client", []string{"attest_client.sh"}, "the attestation test client (as Microsoft's attest_client.sh)", runAttestClient},
+		{"release-client", []string{"skr_client.sh"}, "the key-release test client (as Microsoft's skr_client.sh)", runReleaseClient},
 		{"help", nil, "print this help", runHelp},
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The legacy driver's SEV_SNP_GUEST_MSG_REPORT, azure-protocols.md §7.1.
+// The legacy /dev/sev driver's SEV_SNP_GUEST_MSG_REPORT command, which
+// Azure's 5.x guest kernels carry: the ioctl number, message types and
+// buffer layout it takes.
 const (
 	legacyIocSnpReport   = 0xC0285301 // _IOWR('S', 1, struct sev_snp_guest_request), 40 bytes
 	legacyMsgReportReq   = 5
