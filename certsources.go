@@ -15,6 +15,9 @@ import (
 	"strings"
 )
 
+// Where platform certificates come from: THIM on the host, the Azure cache
+// (AzCache) or AMD's KDS, as certcache.endpoint_type says.
+
 // thimDocument is the JSON that THIM (the host's certificate service at
 // the link-local metadata address) and AzCache answer with: the VCEK and
 // its chain as PEM, and the TCB the VCEK certifies as 16 hex digits.

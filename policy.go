@@ -8,6 +8,9 @@ import (
 	"strings"
 )
 
+// Release policies: the claims Key Vault checks an MAA token against before
+// it releases a key. importkey builds them; the sidecar never reads one.
+
 // releaseClaim is one condition of a release policy. Equals keeps the
 // value's JSON as written (production policies write "false" and "0" as
 // strings, and the service compares string forms).

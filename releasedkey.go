@@ -17,6 +17,9 @@ import (
 	"strings"
 )
 
+// What Key Vault released: the checks on its signed payload and the
+// unwrapping of the key inside.
+
 // releasePayload is the signed payload of a release response.
 type releasePayload struct {
 	Request struct {

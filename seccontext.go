@@ -12,6 +12,9 @@ import (
 	"strings"
 )
 
+// The security context: what the platform tells a container group about
+// itself (security policy, host certificates, UVM reference info).
+
 // uvmInputs is what the platform tells the container group about itself.
 // Every field may be empty: a container outside Confidential ACI has none.
 type uvmInputs struct {
