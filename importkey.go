@@ -65,59 +65,59 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 	if fl == nil {
 		return code
 	}
+	if err := importKey(fl, stdout, stderr, env.withDefaults()); err != nil {
+		fmt.Fprintf(stderr, "skr importkey: %s\n", oneLine(err.Error()))
+		return 1
+	}
+	return 0
+}
+
+// withDefaults fills what a test did not replace.
+func (env importKeyEnv) withDefaults() importKeyEnv {
 	if env.Getenv == nil {
 		env.Getenv = os.Getenv
 	}
 	if env.Client == nil {
 		env.Client = newUpstreamClient(nil)
 	}
-	retry := defaultRetry
-	if env.Retry != nil {
-		retry = *env.Retry
+	if env.Retry == nil {
+		retry := defaultRetry
+		env.Retry = &retry
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "skr importkey: %s\n", oneLine(err.Error()))
-		return 1
-	}
+	return env
+}
 
+// importKey plans the import, gathers the key material and the bearer
+// token, and sends the key, or with -dry-run prints what it would send.
+func importKey(fl *importFlags, stdout, stderr io.Writer, env importKeyEnv) error {
 	plan, err := loadImportPlan(fl)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	for _, w := range plan.Warnings {
 		fmt.Fprintf(stderr, "skr importkey: warning: %s\n", w)
 	}
 	mat, err := loadKeyMaterial(fl, plan)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	if err := plannedFilesAbsent(mat); err != nil {
-		return fail(err)
+		return err
 	}
-	if !fl.DryRun && !fl.Azure && plan.BearerToken == "" {
-		return fail(errors.New("no bearer token: set key.akv.bearer_token (e.g. from az account get-access-token --resource " + vaultResource(plan.Vault) + ") or use -a inside Azure"))
-	}
-
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	token, tokenSource := plan.BearerToken, "key.akv.bearer_token"
-	if fl.Azure {
-		tokenSource = "managed identity (-a)"
-		if !fl.DryRun {
-			tp := newTokenProvider(tokenConfig{IdentityClientID: plan.ClientID, Getenv: env.Getenv, Client: env.Client, Log: slog.New(slog.DiscardHandler), ExtraVaultHosts: env.IdentityTokenHosts})
-			if token, tokenSource, err = tp.Token(ctx, plan.Vault); err != nil {
-				return fail(fmt.Errorf("get a bearer token for %s: %w", plan.Vault, err))
-			}
-		}
+	token, tokenSource, err := importBearerToken(ctx, fl, plan, env)
+	if err != nil {
+		return err
 	}
 
 	if err := completeKeyMaterial(fl, plan, mat); err != nil {
-		return fail(err)
+		return err
 	}
 	defer mat.wipe()
 	req, body, err := buildImportRequest(plan, mat.Key)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	defer clear(body)
 	policyJSON := prettyJSON(plan.Policy)
@@ -125,32 +125,35 @@ func importKeyMain(args []string, stdout, stderr io.Writer, env importKeyEnv) in
 
 	if fl.DryRun {
 		printDryRun(stdout, plan, mat, putURL, tokenSource, req, policyJSON)
-		return 0
+		return nil
 	}
-
-	written, err := writePendingFiles(mat.Files)
+	kid, err := sendImport(ctx, env, plan, mat.Files, putURL, token, body, stderr)
 	if err != nil {
-		return fail(err)
-	}
-	kid, err := putKey(ctx, env.Client, retry, putURL, token, body)
-	if err != nil {
-		err = explainVaultError(err, plan)
-		if len(written) > 0 && vaultSurelyRefused(err) {
-			for _, f := range written {
-				os.Remove(f.Path)
-			}
-			err = fmt.Errorf("%w (removed the key files written by this run: the key was not imported)", err)
-		} else if len(written) > 0 {
-			err = fmt.Errorf("%w (kept the key files written by this run in case the import went through)", err)
-		}
-		return fail(err)
-	}
-	for _, f := range written {
-		fmt.Fprintf(stderr, "wrote %s to %s (mode 0600)\n", f.What, f.Path)
+		return err
 	}
 	fmt.Fprintln(stdout, kid)
 	fmt.Fprintln(stdout, string(policyJSON))
-	return 0
+	return nil
+}
+
+// importBearerToken is the token for the vault, and where it came from for
+// messages: the configuration's, or with -a the managed identity's (not
+// fetched for a dry run, which sends nothing).
+func importBearerToken(ctx context.Context, fl *importFlags, plan *importPlan, env importKeyEnv) (token, source string, err error) {
+	if !fl.Azure {
+		if plan.BearerToken == "" && !fl.DryRun {
+			return "", "", errors.New("no bearer token: set key.akv.bearer_token (e.g. from az account get-access-token --resource " + vaultResource(plan.Vault) + ") or use -a inside Azure")
+		}
+		return plan.BearerToken, "key.akv.bearer_token", nil
+	}
+	if fl.DryRun {
+		return plan.BearerToken, "managed identity (-a)", nil
+	}
+	tp := newTokenProvider(tokenConfig{IdentityClientID: plan.ClientID, Getenv: env.Getenv, Client: env.Client, Log: slog.New(slog.DiscardHandler), ExtraVaultHosts: env.IdentityTokenHosts})
+	if token, source, err = tp.Token(ctx, plan.Vault); err != nil {
+		return "", "", fmt.Errorf("get a bearer token for %s: %w", plan.Vault, err)
+	}
+	return token, source, nil
 }
 
 func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 )
 
 // importJWK is the key as Key Vault's import wants it: a private JWK whose
@@ -89,6 +90,34 @@ func redactedRequest(req *importKeyRequest) []byte {
 		}
 	}
 	return prettyJSON(r)
+}
+
+// sendImport writes the key files the plan asks for, then sends the import
+// and returns the new key's id. When Key Vault surely refused the key, the
+// files this run wrote are removed again; otherwise they are kept, since
+// the key may be in the vault.
+func sendImport(ctx context.Context, env importKeyEnv, plan *importPlan, files []pendingFile, putURL, token string, body []byte, stderr io.Writer) (string, error) {
+	written, err := writePendingFiles(files)
+	if err != nil {
+		return "", err
+	}
+	kid, err := putKey(ctx, env.Client, *env.Retry, putURL, token, body)
+	if err != nil {
+		err = explainVaultError(err, plan)
+		if len(written) > 0 && vaultSurelyRefused(err) {
+			for _, f := range written {
+				os.Remove(f.Path)
+			}
+			err = fmt.Errorf("%w (removed the key files written by this run: the key was not imported)", err)
+		} else if len(written) > 0 {
+			err = fmt.Errorf("%w (kept the key files written by this run in case the import went through)", err)
+		}
+		return "", err
+	}
+	for _, f := range written {
+		fmt.Fprintf(stderr, "wrote %s to %s (mode 0600)\n", f.What, f.Path)
+	}
+	return kid, nil
 }
 
 // putKey sends the import and returns the new key's id.
