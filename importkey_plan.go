@@ -94,67 +94,96 @@ func loadImportPlan(fl *importFlags) (*importPlan, error) {
 
 // planFromConfig validates a decoded config.
 func planFromConfig(cfg *importKeyConfig) (*importPlan, error) {
-	k := cfg.Key
-	p := &importPlan{KID: strings.TrimSpace(k.KID), KTY: k.KTY, KeyOps: k.KeyOps, ClientID: cfg.Identity.ClientID}
+	p := &importPlan{ClientID: cfg.Identity.ClientID}
+	if err := planKey(p, cfg.Key); err != nil {
+		return nil, err
+	}
+	if err := planVault(p, cfg.Key); err != nil {
+		return nil, err
+	}
+	if err := planPolicy(p, cfg); err != nil {
+		return nil, err
+	}
+	if err := planDerivation(p, cfg.KeyDerivation); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// planKey reads the key's name, type, operations and shape.
+func planKey(p *importPlan, k importKeySpec) error {
+	p.KID, p.KTY, p.KeyOps = strings.TrimSpace(k.KID), k.KTY, k.KeyOps
 	if p.KID == "" {
-		return nil, errors.New("key.kid is missing: set the key's name in the vault")
+		return errors.New("key.kid is missing: set the key's name in the vault")
 	}
 	if !keyNamePattern.MatchString(p.KID) {
-		return nil, fmt.Errorf("key.kid %q is not a Key Vault key name (1-127 letters, digits and '-')", p.KID)
+		return fmt.Errorf("key.kid %q is not a Key Vault key name (1-127 letters, digits and '-')", p.KID)
 	}
 	switch p.KTY {
 	case ktyOct, ktyRSA, ktyEC:
 	case "":
-		return nil, errors.New(`key.kty is missing: set "oct-HSM", "RSA-HSM" or "EC-HSM"`)
+		return errors.New(`key.kty is missing: set "oct-HSM", "RSA-HSM" or "EC-HSM"`)
 	default:
-		return nil, fmt.Errorf(`key.kty %q is not supported: use "oct-HSM", "RSA-HSM" or "EC-HSM"`, p.KTY)
+		return fmt.Errorf(`key.kty %q is not supported: use "oct-HSM", "RSA-HSM" or "EC-HSM"`, p.KTY)
 	}
 	for _, op := range p.KeyOps {
 		if !validKeyOps[op] {
-			return nil, fmt.Errorf("key.key_ops: %q is not a Key Vault key operation (encrypt, decrypt, sign, verify, wrapKey, unwrapKey, import, export)", op)
+			return fmt.Errorf("key.key_ops: %q is not a Key Vault key operation (encrypt, decrypt, sign, verify, wrapKey, unwrapKey, import, export)", op)
 		}
 	}
-	if err := planKeyShape(p, k); err != nil {
-		return nil, err
-	}
+	return planKeyShape(p, k)
+}
 
+// planVault reads where the key goes: key.akv, or key.mhsm, its older name.
+func planVault(p *importPlan, k importKeySpec) error {
 	vault := k.AKV
 	switch {
 	case k.AKV != nil && k.MHSM != nil:
-		return nil, errors.New(`both key.akv and key.mhsm are set: keep one ("mhsm" is the older name of "akv")`)
+		return errors.New(`both key.akv and key.mhsm are set: keep one ("mhsm" is the older name of "akv")`)
 	case vault == nil:
 		vault = k.MHSM
 	}
 	if vault == nil || strings.TrimSpace(vault.Endpoint) == "" {
-		return nil, errors.New("key.akv.endpoint is missing: set the vault host, e.g. myvault.vault.azure.net or myhsm.managedhsm.azure.net")
+		return errors.New("key.akv.endpoint is missing: set the vault host, e.g. myvault.vault.azure.net or myhsm.managedhsm.azure.net")
 	}
 	var err error
 	if p.Vault, err = normalizeEndpoint("key.akv.endpoint", vault.Endpoint); err != nil {
-		return nil, err
+		return err
 	}
 	p.APIVersion = strings.TrimPrefix(strings.TrimSpace(vault.APIVersion), "api-version=")
 	if p.APIVersion == "" {
 		p.APIVersion = defaultVaultAPIVersion
 	}
 	if !apiVersionPattern.MatchString(p.APIVersion) {
-		return nil, fmt.Errorf("key.akv.api_version %q is not an API version such as 7.4", vault.APIVersion)
+		return fmt.Errorf("key.akv.api_version %q is not an API version such as 7.4", vault.APIVersion)
 	}
 	p.BearerToken = strings.TrimSpace(vault.BearerToken)
+	return nil
+}
 
+// planPolicy builds the release policy: the MAA authority whose tokens may
+// release the key, and the claims they must carry.
+func planPolicy(p *importPlan, cfg *importKeyConfig) error {
+	k := cfg.Key
 	if strings.TrimSpace(k.Authority.Endpoint) == "" {
-		return nil, errors.New("key.authority.endpoint is missing: set the MAA endpoint whose tokens may release the key, e.g. sharedeus.eus.attest.azure.net")
+		return errors.New("key.authority.endpoint is missing: set the MAA endpoint whose tokens may release the key, e.g. sharedeus.eus.attest.azure.net")
 	}
 	maa, err := normalizeEndpoint("key.authority.endpoint", k.Authority.Endpoint)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if p.Policy, err = buildReleasePolicy("https://"+maa, cfg.Claims, k.Claims, &p.Warnings); err != nil {
-		return nil, err
-	}
-	if d := cfg.KeyDerivation; d != nil {
+	p.Policy, err = buildReleasePolicy("https://"+maa, cfg.Claims, k.Claims, &p.Warnings)
+	return err
+}
+
+// planDerivation reads the salt and label of the key -out derives from an
+// RSA-HSM key.
+func planDerivation(p *importPlan, d *keyDerivationSpec) error {
+	if d != nil {
 		if d.Salt != "" {
+			var err error
 			if p.Salt, err = hex.DecodeString(strings.TrimSpace(d.Salt)); err != nil || len(p.Salt) == 0 {
-				return nil, fmt.Errorf("key_derivation.salt is not hex: %q", d.Salt)
+				return fmt.Errorf("key_derivation.salt is not hex: %q", d.Salt)
 			}
 		}
 		p.Label = d.Label
@@ -162,7 +191,7 @@ func planFromConfig(cfg *importKeyConfig) (*importPlan, error) {
 	if p.Label == "" {
 		p.Label = defaultDerivationLabel
 	}
-	return p, nil
+	return nil
 }
 
 // planKeyShape reads the size of a generated RSA key and the curve of a
