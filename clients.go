@@ -68,13 +68,9 @@ func runReleaseClient(args []string, stdout, stderr io.Writer) int {
 }
 
 func attestClientMain(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	opts, pos, code := parseClientFlags("attest-client", "[RuntimeData [MAAEndpoint]]", args, stderr)
+	opts, pos, code := parseClientFlags("attest-client", []string{"RuntimeData", "MAAEndpoint"}, args, stderr)
 	if opts == nil {
 		return code
-	}
-	if len(pos) > 2 {
-		fmt.Fprintf(stderr, "skr attest-client: too many arguments %q: want at most RuntimeData and MAAEndpoint\n", pos)
-		return 2
 	}
 	runtimeData := envOrArg(getenv, pos, 0, envAttestRuntimeData)
 	maa := envOrArg(getenv, pos, 1, envAttestMAAEndpoint)
@@ -104,13 +100,9 @@ func attestClientMain(args []string, stdout, stderr io.Writer, getenv func(strin
 }
 
 func releaseClientMain(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	opts, pos, code := parseClientFlags("release-client", "[MAAEndpoint [AKVEndpoint [KID]]]", args, stderr)
+	opts, pos, code := parseClientFlags("release-client", []string{"MAAEndpoint", "AKVEndpoint", "KID"}, args, stderr)
 	if opts == nil {
 		return code
-	}
-	if len(pos) > 3 {
-		fmt.Fprintf(stderr, "skr release-client: too many arguments %q: want at most MAAEndpoint, AKVEndpoint and KID\n", pos)
-		return 2
 	}
 	maa := envOrArg(getenv, pos, 0, envReleaseMAA)
 	akv := getenv(envReleaseAKV)
@@ -151,7 +143,10 @@ func envOrArg(getenv func(string) string, pos []string, i int, env string) strin
 	return ""
 }
 
-func parseClientFlags(name, positional string, args []string, stderr io.Writer) (*clientOptions, []string, int) {
+// parseClientFlags reads a test client's flags and returns its positional
+// arguments, at most one for each name in positional, or nil options and
+// the exit code.
+func parseClientFlags(name string, positional []string, args []string, stderr io.Writer) (*clientOptions, []string, int) {
 	fs := flag.NewFlagSet("skr "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "http://localhost:8080", "the sidecar's base URL")
@@ -160,7 +155,7 @@ func parseClientFlags(name, positional string, args []string, stderr io.Writer) 
 	interval := fs.Duration("interval", 5*time.Second, "pause between rounds")
 	timeout := fs.Duration("timeout", 90*time.Second, "deadline of one request to the sidecar")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: skr %s [FLAGS] %s\n", name, positional)
+		fmt.Fprintf(stderr, "Usage: skr %s [FLAGS] %s\n", name, optionalArgs(positional))
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -178,7 +173,24 @@ func parseClientFlags(name, positional string, args []string, stderr io.Writer) 
 		fmt.Fprintf(stderr, "skr %s: -interval and -timeout must be positive\n", name)
 		return nil, nil, 2
 	}
+	if fs.NArg() > len(positional) {
+		last := len(positional) - 1
+		fmt.Fprintf(stderr, "skr %s: too many arguments %q: want at most %s and %s\n", name, fs.Args(), strings.Join(positional[:last], ", "), positional[last])
+		return nil, nil, 2
+	}
 	return &clientOptions{Addr: u, Out: *out, Once: *once, Interval: *interval, Timeout: *timeout}, fs.Args(), 0
+}
+
+// optionalArgs writes names as nested optional arguments: [A [B]].
+func optionalArgs(names []string) string {
+	s := ""
+	for i := len(names) - 1; i >= 0; i-- {
+		if s != "" {
+			s = " " + s
+		}
+		s = "[" + names[i] + s + "]"
+	}
+	return s
 }
 
 // runClientLoop makes rounds until a signal (or after one with -once).
