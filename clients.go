@@ -147,17 +147,12 @@ func envOrArg(getenv func(string) string, pos []string, i int, env string) strin
 // arguments, at most one for each name in positional, or nil options and
 // the exit code.
 func parseClientFlags(name string, positional []string, args []string, stderr io.Writer) (*clientOptions, []string, int) {
-	fs := flag.NewFlagSet("skr "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newCommandFlags("skr "+name, stderr, fmt.Sprintf("Usage: skr %s [FLAGS] %s", name, optionalArgs(positional)))
 	addr := fs.String("addr", "http://localhost:8080", "the sidecar's base URL")
 	out := fs.String("out", "/", "folder for the .out files")
 	once := fs.Bool("once", false, "make one round and exit: 0 when every call succeeded, 1 otherwise")
 	interval := fs.Duration("interval", 5*time.Second, "pause between rounds")
 	timeout := fs.Duration("timeout", 90*time.Second, "deadline of one request to the sidecar")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: skr %s [FLAGS] %s\n", name, optionalArgs(positional))
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, nil, 0

@@ -185,15 +185,11 @@ func (s setting[T]) fallback(f *serveFlags, v string) error {
 // Port).
 func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer) (*serverConfig, error) {
 	var f serveFlags
-	fs := flag.NewFlagSet("skr serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newCommandFlags("skr serve", stderr,
+		"Usage: skr [serve] [FLAGS] [SkrSideCarArgs [Port]]",
+		"Runs the sidecar on 127.0.0.1 and ::1. Each flag falls back to its environment variable.")
 	for _, s := range serveSettings {
 		s.declare(fs, &f)
-	}
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: skr [serve] [FLAGS] [SkrSideCarArgs [Port]]")
-		fmt.Fprintln(stderr, "Runs the sidecar on 127.0.0.1 and ::1. Each flag falls back to its environment variable.")
-		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err

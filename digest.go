@@ -14,16 +14,12 @@ import (
 const maxPolicyFile = 4 << 20
 
 func runDigest(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("skr digest", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newCommandFlags("skr digest", stderr,
+		"Usage: skr digest -p BASE64 | -f FILE [-v]   (link: securitypolicydigest)",
+		"Prints the sha-256 (hex) of the decoded security policy: the value of x-ms-sevsnpvm-hostdata.")
 	policy := fs.String("p", "", "the security policy as standard base64 (the ccePolicy of an ARM template)")
 	file := fs.String("f", "", "a file holding the security policy as standard base64")
 	verbose := fs.Bool("v", false, "also print the decoded policy and its size to stderr (stdout keeps the one digest line)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: skr digest -p BASE64 | -f FILE [-v]   (link: securitypolicydigest)")
-		fmt.Fprintln(stderr, "Prints the sha-256 (hex) of the decoded security policy: the value of x-ms-sevsnpvm-hostdata.")
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

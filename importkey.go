@@ -158,8 +158,9 @@ func importBearerToken(ctx context.Context, fl *importFlags, plan *importPlan, e
 
 func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {
 	fl := &importFlags{}
-	fs := flag.NewFlagSet("skr importkey", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newCommandFlags("skr importkey", stderr,
+		"Usage: skr importkey -c CONFIG [-kh HEX|FILE] [-kp PEM] [-a] [-out] [-dry-run] [-keydir DIR]   (link: importkey)",
+		"Imports a key with a secure-key-release policy into Azure Key Vault Premium or Managed HSM.")
 	fs.StringVar(&fl.Config, "c", "", "importkeyconfig.json (required)")
 	fs.StringVar(&fl.KeyHex, "kh", "", "oct-HSM key: hex, or a file holding it as hex or as raw bytes (16, 24 or 32 bytes); default: generated")
 	fs.StringVar(&fl.KeyPEM, "kp", "", "RSA-HSM / EC-HSM key: PEM file (PKCS#8, PKCS#1 RSA or SEC1 EC); default: generated")
@@ -167,11 +168,6 @@ func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {
 	fs.BoolVar(&fl.Out, "out", false, "write the symmetric key as hex (mode 0600): the oct-HSM key, or for RSA-HSM a key derived with HKDF-SHA256 from the private exponent (key_derivation salt/label)")
 	fs.BoolVar(&fl.DryRun, "dry-run", false, "print the release policy and the request (private key material and token redacted); send and write nothing")
 	fs.StringVar(&fl.KeyDir, "keydir", ".", "folder for the key files written (KID.pem, KID.hex, KID.derived.hex)")
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: skr importkey -c CONFIG [-kh HEX|FILE] [-kp PEM] [-a] [-out] [-dry-run] [-keydir DIR]   (link: importkey)")
-		fmt.Fprintln(stderr, "Imports a key with a secure-key-release policy into Azure Key Vault Premium or Managed HSM.")
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, 0

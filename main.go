@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -92,4 +93,18 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-15s %s%s\n", c.name, c.summary, links)
 	}
 	fmt.Fprintln(w, "\nRun 'skr SUBCOMMAND -h' for the flags of one subcommand.")
+}
+
+// newCommandFlags is a command's flag set: parse errors and -h go to
+// stderr, -h after the usage lines.
+func newCommandFlags(name string, stderr io.Writer, usage ...string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		for _, l := range usage {
+			fmt.Fprintln(stderr, l)
+		}
+		fs.PrintDefaults()
+	}
+	return fs
 }
