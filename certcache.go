@@ -24,13 +24,6 @@ type certKey struct {
 	tcb    uint64
 }
 
-// certFetch is one fetch in flight, shared by every request that needs it.
-type certFetch struct {
-	done  chan struct{}
-	certs *platformCerts
-	err   error
-}
-
 // certProvider hands out the certificates matching a report's TCB.
 type certProvider struct {
 	src     *certSource
@@ -39,7 +32,6 @@ type certProvider struct {
 	client  *http.Client
 	log     *slog.Logger
 	retry   retryPolicy
-	timeout time.Duration // bound of one shared fetch
 
 	local        func(context.Context) (*platformCerts, error)
 	localMu      sync.Mutex
@@ -48,11 +40,12 @@ type certProvider struct {
 	localCerts   *platformCerts // nil when there are none or they are unusable
 	localInfo    *vcekInfo
 
-	mu       sync.Mutex
-	cache    map[certKey]*platformCerts
-	order    []certKey // insertion order, for eviction
-	inflight map[certKey]*certFetch
-	chains   map[snpProduct][2]*x509.Certificate // KDS cert_chain: ASK, ARK
+	fetches flight[certKey, *platformCerts]
+
+	mu     sync.Mutex
+	cache  map[certKey]*platformCerts
+	order  []certKey // insertion order, for eviction
+	chains map[snpProduct][2]*x509.Certificate // KDS cert_chain: ASK, ARK
 }
 
 // newCertProvider: local, when not nil, returns the certificates handed to
@@ -65,15 +58,14 @@ func newCertProvider(cfg certCacheConfig, local func(context.Context) (*platform
 		client = newUpstreamClient(nil)
 	}
 	p := &certProvider{
-		kdsBase:  "https://" + defaultKDSHost,
-		client:   client,
-		log:      log,
-		retry:    defaultRetry,
-		timeout:  certFetchTimeout,
-		local:    local,
-		cache:    map[certKey]*platformCerts{},
-		inflight: map[certKey]*certFetch{},
-		chains:   map[snpProduct][2]*x509.Certificate{},
+		kdsBase: "https://" + defaultKDSHost,
+		client:  client,
+		log:     log,
+		retry:   defaultRetry,
+		fetches: flight[certKey, *platformCerts]{timeout: certFetchTimeout},
+		local:   local,
+		cache:   map[certKey]*platformCerts{},
+		chains:  map[snpProduct][2]*x509.Certificate{},
 	}
 	p.src, p.srcErr = newCertSource(cfg)
 	if p.srcErr != nil {
@@ -196,43 +188,34 @@ func loadLocalCerts(ctx context.Context, local func(context.Context) (*platformC
 }
 
 // fetchShared returns cached certificates for key, or joins (or starts) the
-// one fetch for it. The fetch runs on its own bounded context so that one
-// impatient caller does not fail the others waiting on it.
+// one fetch for it, which fills the cache.
 func (p *certProvider) fetchShared(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
 	if p.srcErr != nil {
 		return nil, newError(kindInternal, p.srcErr, "fresh AMD certificates are needed for TCB %s but certcache is misconfigured", formatTCB(product, key.tcb))
 	}
-	p.mu.Lock()
-	if pc, ok := p.cache[key]; ok {
-		p.mu.Unlock()
-		p.log.Debug("platform certificates from the cache", "tcb", fmt.Sprintf("%016x", key.tcb))
-		return pc, nil
+	cached := func() (*platformCerts, bool) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		pc, ok := p.cache[key]
+		if ok {
+			p.log.Debug("platform certificates from the cache", "tcb", fmt.Sprintf("%016x", key.tcb))
+		}
+		return pc, ok
 	}
-	f, ok := p.inflight[key]
-	if !ok {
-		f = &certFetch{done: make(chan struct{})}
-		p.inflight[key] = f
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
-		go func() {
-			defer cancel()
-			certs, err := p.fetch(fctx, key, product)
+	fetch := func(ctx context.Context) (*platformCerts, error) {
+		pc, err := p.fetch(ctx, key, product)
+		if err == nil {
 			p.mu.Lock()
-			delete(p.inflight, key)
-			if err == nil {
-				p.remember(key, certs)
-			}
-			f.certs, f.err = certs, err
+			p.remember(key, pc)
 			p.mu.Unlock()
-			close(f.done)
-		}()
+		}
+		return pc, err
 	}
-	p.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.certs, f.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for AMD certificates from %s: %w", p.src.Service(), ctx.Err())
+	pc, err := p.fetches.do(ctx, key, cached, fetch)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("wait for AMD certificates from %s: %w", p.src.Service(), err)
 	}
+	return pc, err
 }
 
 // remember caches pc, evicting the oldest entry when full. p.mu is held.

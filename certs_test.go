@@ -597,7 +597,7 @@ func TestCertProviderRetries(t *testing.T) {
 	t.Run("timeout is 504", func(t *testing.T) {
 		f := newKDSFixture(t)
 		f.kds.hang = true
-		f.p.timeout = 300 * time.Millisecond // the shared fetch gives up soon after the caller
+		f.p.fetches.timeout = 300 * time.Millisecond // the shared fetch gives up soon after the caller
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		_, err := f.p.forReport(ctx, f.rep)
@@ -624,19 +624,9 @@ func TestCertProviderConcurrentRequestsShareOneFetch(t *testing.T) {
 			errs <- err
 		}()
 	}
-	// Wait until every caller is either waiting on the fetch or has
-	// started it, then let the stand-in answer.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		f.p.mu.Lock()
-		inflight := len(f.p.inflight)
-		f.p.mu.Unlock()
-		if inflight == 1 && f.kds.total.Load() >= 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
+	// Wait until every caller waits on the one fetch, then let the
+	// stand-in answer.
+	waitForTakers(t, &f.p.fetches, certKey{chipID: f.rep.ChipID, tcb: f.rep.ReportedTCB}, n)
 	close(f.kds.gate)
 	wg.Wait()
 	close(errs)
