@@ -60,8 +60,7 @@ func (k *wrappingKey) destroy() {
 	if k == nil || k.priv == nil {
 		return
 	}
-	zeroBigInts(k.priv.D, k.priv.Precomputed.Dp, k.priv.Precomputed.Dq, k.priv.Precomputed.Qinv)
-	zeroBigInts(k.priv.Primes...)
+	zeroPrivateKey(k.priv)
 	k.priv = nil
 }
 
