@@ -44,7 +44,7 @@ type certProvider struct {
 
 	mu     sync.Mutex
 	cache  map[certKey]*platformCerts
-	order  []certKey // insertion order, for eviction
+	order  []certKey                           // insertion order, for eviction
 	chains map[snpProduct][2]*x509.Certificate // KDS cert_chain: ASK, ARK
 }
 
