@@ -272,24 +272,6 @@ func tokenEnv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
-// tokenClock is a settable clock for cache expiry tests.
-type tokenClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *tokenClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *tokenClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // imdsProvider is a provider that talks to the IMDS stand-in only.
 func imdsProvider(t *testing.T, imds *imdsStandIn, clientID string, logs *syncBuffer, now func() time.Time) *tokenProvider {
 	t.Helper()
@@ -488,7 +470,7 @@ func TestTokenIMDSAudiencePerVaultHost(t *testing.T) {
 
 func TestTokenRefreshedNearExpiry(t *testing.T) {
 	t.Parallel()
-	clock := &tokenClock{t: time.Now()}
+	clock := &fakeClock{now: time.Now()}
 	imds := newIMDSStandIn(t, "cid")
 	imds.now = clock.Now
 	p := imdsProvider(t, imds, "cid", nil, clock.Now)
@@ -604,7 +586,7 @@ func TestTokenUnusableAnswersAre502(t *testing.T) {
 
 func TestTokenIMDSExpiresOnOnly(t *testing.T) {
 	t.Parallel()
-	clock := &tokenClock{t: time.Unix(1_700_000_000, 0)}
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, `{"access_token":"%s","expires_on":"%d","token_type":"Bearer"}`, randomTestSecret("t"), clock.Now().Unix()+3600)
 	}))
@@ -722,7 +704,7 @@ func TestTokenWorkloadIdentity(t *testing.T) {
 
 func TestTokenWorkloadIdentityRereadsRotatedFile(t *testing.T) {
 	t.Parallel()
-	clock := &tokenClock{t: time.Now()}
+	clock := &fakeClock{now: time.Now()}
 	w := newWorkload(t, nil, clock.Now)
 	ctx := context.Background()
 	if _, _, err := w.p.Token(ctx, "v.vault.azure.net"); err != nil {
@@ -853,13 +835,15 @@ func TestTokenPartialWorkloadIdentityUsesIMDS(t *testing.T) {
 	}
 }
 
-func TestVaultTokenForTools(t *testing.T) {
+// Without Getenv, a provider reads the process environment.
+func TestTokenDefaultsToProcessEnvironment(t *testing.T) {
 	imds := newIMDSStandIn(t, "tool-cid")
 	t.Setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.URL)
 	t.Setenv("AZURE_CLIENT_ID", "")
 	t.Setenv("AZURE_TENANT_ID", "")
 	t.Setenv("AZURE_FEDERATED_TOKEN_FILE", "")
-	tok, src, err := vaultToken(context.Background(), imds.Client(), nil, "h.managedhsm.azure.net", "tool-cid")
+	p := newTokenProvider(tokenConfig{IdentityClientID: "tool-cid", Client: imds.Client()})
+	tok, src, err := p.Token(context.Background(), "h.managedhsm.azure.net")
 	if err != nil || tok != imds.tokens()[0] || !strings.Contains(src, "tool-cid") {
 		t.Fatalf("token %q source %q err %v", tok, src, err)
 	}
