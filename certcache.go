@@ -18,6 +18,13 @@ const (
 	maxCertSourceBody = 256 << 10
 )
 
+// localCerts are the certificates handed to the container; nil when there
+// are none or they are unusable.
+type localCerts struct {
+	pc   *platformCerts
+	info *vcekInfo
+}
+
 // certKey names one set of fetched certificates.
 type certKey struct {
 	chipID [64]byte
@@ -33,12 +40,11 @@ type certProvider struct {
 	log     *slog.Logger
 	retry   retryPolicy
 
-	local        func(context.Context) (*platformCerts, error)
-	localMu      sync.Mutex
-	localRunning chan struct{} // closed when the call in progress returns
-	localDone    bool
-	localCerts   *platformCerts // nil when there are none or they are unusable
-	localInfo    *vcekInfo
+	local     func(context.Context) (*platformCerts, error)
+	localCall flight[struct{}, localCerts] // lives while a request waits for it
+	localMu   sync.Mutex
+	localDone bool
+	localKept localCerts
 
 	fetches flight[certKey, *platformCerts]
 
@@ -58,14 +64,15 @@ func newCertProvider(cfg certCacheConfig, local func(context.Context) (*platform
 		client = newUpstreamClient(nil)
 	}
 	p := &certProvider{
-		kdsBase: "https://" + defaultKDSHost,
-		client:  client,
-		log:     log,
-		retry:   defaultRetry,
-		fetches: flight[certKey, *platformCerts]{timeout: certFetchTimeout},
-		local:   local,
-		cache:   map[certKey]*platformCerts{},
-		chains:  map[snpProduct][2]*x509.Certificate{},
+		kdsBase:   "https://" + defaultKDSHost,
+		client:    client,
+		log:       log,
+		retry:     defaultRetry,
+		fetches:   flight[certKey, *platformCerts]{timeout: certFetchTimeout},
+		local:     local,
+		localCall: flight[struct{}, localCerts]{endAbandoned: true},
+		cache:     map[certKey]*platformCerts{},
+		chains:    map[snpProduct][2]*x509.Certificate{},
 	}
 	p.src, p.srcErr = newCertSource(cfg)
 	if p.srcErr != nil {
@@ -127,49 +134,43 @@ func (p *certProvider) reportProduct(rep *snpReport, local *vcekInfo) snpProduct
 	return productMilan
 }
 
-// localCertificates calls the local source once and remembers the answer;
-// a context error is not remembered, so a later request tries again.
+// localCertificates calls the local source once and remembers the answer.
+// The call ends when every request waiting for it gives up, and a context
+// error is not remembered: a later request tries again.
 func (p *certProvider) localCertificates(ctx context.Context) (*platformCerts, *vcekInfo, error) {
-	for {
-		p.localMu.Lock()
-		if p.local == nil || p.localDone {
-			pc, info := p.localCerts, p.localInfo
-			p.localMu.Unlock()
-			return pc, info, nil
-		}
-		if wait := p.localRunning; wait != nil {
-			p.localMu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
-			}
-		}
-		running := make(chan struct{})
-		p.localRunning = running
-		p.localMu.Unlock()
-
-		pc, info, err := loadLocalCerts(ctx, p.local)
-
-		p.localMu.Lock()
-		p.localRunning = nil
-		close(running)
-		ctxErr := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-		if !ctxErr {
-			p.localDone, p.localCerts, p.localInfo = true, pc, info
-		}
-		p.localMu.Unlock()
-		switch {
-		case ctxErr && ctx.Err() != nil:
-			return nil, nil, err
-		case ctxErr:
-			p.log.Warn("platform certificates of the container timed out; fetching fresh ones this time", "err", err)
-		case err != nil:
-			p.log.Warn("platform certificates of the container are unusable; fresh ones will be fetched for each report", "err", err)
-		}
-		return pc, info, nil
+	if p.local == nil {
+		return nil, nil, nil
 	}
+	known := func() (localCerts, bool) {
+		p.localMu.Lock()
+		defer p.localMu.Unlock()
+		return p.localKept, p.localDone
+	}
+	lc, err := p.localCall.do(ctx, struct{}{}, known, p.loadLocal)
+	if err != nil && ctx.Err() != nil {
+		return nil, nil, err
+	}
+	return lc.pc, lc.info, nil
+}
+
+// loadLocal calls the local source and remembers its answer, unless that
+// is a context error.
+func (p *certProvider) loadLocal(ctx context.Context) (localCerts, error) {
+	pc, info, err := loadLocalCerts(ctx, p.local)
+	switch {
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		if ctx.Err() == nil {
+			p.log.Warn("platform certificates of the container timed out; fetching fresh ones this time", "err", err)
+		}
+		return localCerts{}, err
+	case err != nil:
+		p.log.Warn("platform certificates of the container are unusable; fresh ones will be fetched for each report", "err", err)
+	}
+	lc := localCerts{pc, info}
+	p.localMu.Lock()
+	p.localDone, p.localKept = true, lc
+	p.localMu.Unlock()
+	return lc, nil
 }
 
 func loadLocalCerts(ctx context.Context, local func(context.Context) (*platformCerts, error)) (*platformCerts, *vcekInfo, error) {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -755,10 +756,9 @@ func TestCertProviderLocalSource(t *testing.T) {
 	v := newTestVCEK(t, specOld)
 	rep := testReport(t, v, reportSpec{tcb: tcbOld, chipID: testChipID})
 	t.Run("a context error is not remembered", func(t *testing.T) {
-		calls := 0
+		var calls atomic.Int32 // the local source runs on a goroutine of its own
 		local := func(ctx context.Context) (*platformCerts, error) {
-			calls++
-			if calls == 1 {
+			if calls.Add(1) == 1 {
 				<-ctx.Done()
 				return nil, ctx.Err()
 			}
@@ -774,8 +774,8 @@ func TestCertProviderLocalSource(t *testing.T) {
 		if err != nil || !pc.VCEK.Equal(v.cert) {
 			t.Fatalf("second call: %v", err)
 		}
-		if calls != 2 {
-			t.Fatalf("local called %d times", calls)
+		if calls.Load() != 2 {
+			t.Fatalf("local called %d times", calls.Load())
 		}
 	})
 	t.Run("another error is remembered and fresh certificates are fetched", func(t *testing.T) {

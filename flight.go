@@ -20,6 +20,10 @@ type flight[K comparable, V any] struct {
 	base context.Context
 	// timeout bounds one call; 0 means no bound beyond base.
 	timeout time.Duration
+	// endAbandoned ends a call, and forgets it, once every caller has
+	// given up on it, for a call that nobody else needs: then the next
+	// caller starts afresh.
+	endAbandoned bool
 	// settle, when set, sees the result of a call before any caller does,
 	// with the number of callers that will receive it: where a shared
 	// value's references are counted.
@@ -35,7 +39,8 @@ type flight[K comparable, V any] struct {
 // flightCall is one call in flight and, once done is closed, its result.
 type flightCall[V any] struct {
 	done   chan struct{} // closed under flight.mu once v and err are set
-	takers int           // callers waiting for the result
+	cancel context.CancelFunc
+	takers int // callers waiting for the result
 	v      V
 	err    error
 }
@@ -60,8 +65,9 @@ func (f *flight[K, V]) do(ctx context.Context, key K, cached func() (V, bool), f
 			f.calls = map[K]*flightCall[V]{}
 		}
 		f.calls[key] = c
-		callCtx, cancel := f.callContext(ctx)
-		go f.run(callCtx, cancel, key, c, fn)
+		var callCtx context.Context
+		callCtx, c.cancel = f.callContext(ctx)
+		go f.run(callCtx, key, c, fn)
 	}
 	c.takers++
 	f.mu.Unlock()
@@ -70,7 +76,7 @@ func (f *flight[K, V]) do(ctx context.Context, key K, cached func() (V, bool), f
 	case <-c.done:
 		return c.v, c.err
 	case <-ctx.Done():
-		return f.leave(ctx, c)
+		return f.leave(ctx, key, c)
 	}
 }
 
@@ -85,12 +91,12 @@ func (f *flight[K, V]) callContext(ctx context.Context) (context.Context, contex
 	return context.WithCancel(base)
 }
 
-func (f *flight[K, V]) run(ctx context.Context, cancel context.CancelFunc, key K, c *flightCall[V], fn func(context.Context) (V, error)) {
-	defer cancel()
+func (f *flight[K, V]) run(ctx context.Context, key K, c *flightCall[V], fn func(context.Context) (V, error)) {
+	defer c.cancel()
 	v, err := fn(ctx)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.calls, key)
+	f.forget(key, c)
 	c.v, c.err = v, err
 	if f.settle != nil {
 		f.settle(key, v, err, c.takers)
@@ -100,7 +106,7 @@ func (f *flight[K, V]) run(ctx context.Context, cancel context.CancelFunc, key K
 
 // leave takes a caller that gave up off the call, or, when the call ended
 // meanwhile, gives back what settle counted for it.
-func (f *flight[K, V]) leave(ctx context.Context, c *flightCall[V]) (V, error) {
+func (f *flight[K, V]) leave(ctx context.Context, key K, c *flightCall[V]) (V, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	select {
@@ -110,7 +116,19 @@ func (f *flight[K, V]) leave(ctx context.Context, c *flightCall[V]) (V, error) {
 		}
 	default:
 		c.takers--
+		if c.takers == 0 && f.endAbandoned {
+			c.cancel()
+			f.forget(key, c)
+		}
 	}
 	var zero V
 	return zero, ctx.Err()
+}
+
+// forget takes c off the calls in flight, unless a newer call took its
+// place. f.mu is held.
+func (f *flight[K, V]) forget(key K, c *flightCall[V]) {
+	if f.calls[key] == c {
+		delete(f.calls, key)
+	}
 }

@@ -193,7 +193,7 @@ func TestFlightSettleAndAbandon(t *testing.T) {
 	close(done.done)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := f.leave(ctx, done); !errors.Is(err, context.Canceled) {
+	if _, err := f.leave(ctx, "k", done); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
 	if len(abandoned) != 1 || abandoned[0] != 5 {
@@ -201,8 +201,46 @@ func TestFlightSettleAndAbandon(t *testing.T) {
 	}
 	// One that leaves before the end is simply not counted.
 	running := &flightCall[int]{done: make(chan struct{}), takers: 2}
-	f.leave(ctx, running)
+	f.leave(ctx, "k", running)
 	if running.takers != 1 || len(abandoned) != 1 {
 		t.Fatalf("takers %d, abandoned %v", running.takers, abandoned)
+	}
+}
+
+func TestFlightEndAbandoned(t *testing.T) {
+	t.Parallel()
+	f := flight[string, int]{endAbandoned: true}
+	var calls atomic.Int32
+	ended := make(chan error, 1)
+	fn := func(ctx context.Context) (int, error) {
+		if calls.Add(1) == 1 {
+			<-ctx.Done()
+			ended <- ctx.Err()
+			return 0, ctx.Err()
+		}
+		return 9, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	left := make(chan error, 1)
+	go func() {
+		_, err := f.do(ctx, "k", nil, fn)
+		left <- err
+	}()
+	waitForTakers(t, &f, "k", 1)
+	cancel()
+	if err := <-left; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller got %v", err)
+	}
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the abandoned call ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the abandoned call goes on")
+	}
+	// The next caller starts afresh instead of joining the ended call.
+	if v, err := f.do(context.Background(), "k", nil, fn); v != 9 || err != nil {
+		t.Fatalf("got %d, %v", v, err)
 	}
 }
