@@ -123,11 +123,12 @@ func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCr
 			return nil, true
 		}
 		c := r.liveLocked(host)
-		if c != nil {
-			c.refs++
-			reused = true
+		if c == nil {
+			return nil, false
 		}
-		return c, reused
+		c.refs++
+		reused = true
+		return c, true
 	}
 	c, err := r.flights.do(ctx, host, live, func(ctx context.Context) (*releaseCredential, error) { return r.attest(ctx, host) })
 	switch {
