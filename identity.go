@@ -105,6 +105,14 @@ func newTokenProvider(cfg tokenConfig) *tokenProvider {
 	}
 }
 
+// vaultToken is for one-shot tools such as importkey: a token for
+// vaultHost from the same sources as the server, in the same order
+// (workload identity from the environment, else IMDS with clientID, or the
+// system-assigned identity when clientID is empty).
+func vaultToken(ctx context.Context, client *http.Client, log *slog.Logger, vaultHost, clientID string) (token, source string, err error) {
+	return newTokenProvider(tokenConfig{IdentityClientID: clientID, Client: client, Log: log}).Token(ctx, vaultHost)
+}
+
 // Token returns a bearer token for the vault host and the name of the
 // identity source that produced it ("workload identity (client id X,
 // tenant Y)", "managed identity via IMDS (client id X)" or "managed
