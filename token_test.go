@@ -835,15 +835,13 @@ func TestTokenPartialWorkloadIdentityUsesIMDS(t *testing.T) {
 	}
 }
 
-// Without Getenv, a provider reads the process environment.
-func TestTokenDefaultsToProcessEnvironment(t *testing.T) {
+func TestVaultTokenForTools(t *testing.T) {
 	imds := newIMDSStandIn(t, "tool-cid")
 	t.Setenv("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.URL)
 	t.Setenv("AZURE_CLIENT_ID", "")
 	t.Setenv("AZURE_TENANT_ID", "")
 	t.Setenv("AZURE_FEDERATED_TOKEN_FILE", "")
-	p := newTokenProvider(tokenConfig{IdentityClientID: "tool-cid", Client: imds.Client()})
-	tok, src, err := p.Token(context.Background(), "h.managedhsm.azure.net")
+	tok, src, err := vaultToken(context.Background(), imds.Client(), nil, "h.managedhsm.azure.net", "tool-cid")
 	if err != nil || tok != imds.tokens()[0] || !strings.Contains(src, "tool-cid") {
 		t.Fatalf("token %q source %q err %v", tok, src, err)
 	}
