@@ -18,17 +18,17 @@ const (
 	maxCertSourceBody = 256 << 10
 )
 
+// localCerts are the certificates handed to the container; nil when there
+// are none or they are unusable.
+type localCerts struct {
+	pc   *platformCerts
+	info *vcekInfo
+}
+
 // certKey names one set of fetched certificates.
 type certKey struct {
 	chipID [64]byte
 	tcb    uint64
-}
-
-// certFetch is one fetch in flight, shared by every request that needs it.
-type certFetch struct {
-	done  chan struct{}
-	certs *platformCerts
-	err   error
 }
 
 // certProvider hands out the certificates matching a report's TCB.
@@ -39,20 +39,19 @@ type certProvider struct {
 	client  *http.Client
 	log     *slog.Logger
 	retry   retryPolicy
-	timeout time.Duration // bound of one shared fetch
 
-	local        func(context.Context) (*platformCerts, error)
-	localMu      sync.Mutex
-	localRunning chan struct{} // closed when the call in progress returns
-	localDone    bool
-	localCerts   *platformCerts // nil when there are none or they are unusable
-	localInfo    *vcekInfo
+	local     func(context.Context) (*platformCerts, error)
+	localCall flight[struct{}, localCerts] // lives while a request waits for it
+	localMu   sync.Mutex
+	localDone bool
+	localKept localCerts
 
-	mu       sync.Mutex
-	cache    map[certKey]*platformCerts
-	order    []certKey // insertion order, for eviction
-	inflight map[certKey]*certFetch
-	chains   map[snpProduct][2]*x509.Certificate // KDS cert_chain: ASK, ARK
+	fetches flight[certKey, *platformCerts]
+
+	mu     sync.Mutex
+	cache  map[certKey]*platformCerts
+	order  []certKey                           // insertion order, for eviction
+	chains map[snpProduct][2]*x509.Certificate // KDS cert_chain: ASK, ARK
 }
 
 // newCertProvider: local, when not nil, returns the certificates handed to
@@ -65,15 +64,15 @@ func newCertProvider(cfg certCacheConfig, local func(context.Context) (*platform
 		client = newUpstreamClient(nil)
 	}
 	p := &certProvider{
-		kdsBase:  "https://" + defaultKDSHost,
-		client:   client,
-		log:      log,
-		retry:    defaultRetry,
-		timeout:  certFetchTimeout,
-		local:    local,
-		cache:    map[certKey]*platformCerts{},
-		inflight: map[certKey]*certFetch{},
-		chains:   map[snpProduct][2]*x509.Certificate{},
+		kdsBase:   "https://" + defaultKDSHost,
+		client:    client,
+		log:       log,
+		retry:     defaultRetry,
+		fetches:   flight[certKey, *platformCerts]{timeout: certFetchTimeout},
+		local:     local,
+		localCall: flight[struct{}, localCerts]{endAbandoned: true},
+		cache:     map[certKey]*platformCerts{},
+		chains:    map[snpProduct][2]*x509.Certificate{},
 	}
 	p.src, p.srcErr = newCertSource(cfg)
 	if p.srcErr != nil {
@@ -135,49 +134,43 @@ func (p *certProvider) reportProduct(rep *snpReport, local *vcekInfo) snpProduct
 	return productMilan
 }
 
-// localCertificates calls the local source once and remembers the answer;
-// a context error is not remembered, so a later request tries again.
+// localCertificates calls the local source once and remembers the answer.
+// The call ends when every request waiting for it gives up, and a context
+// error is not remembered: a later request tries again.
 func (p *certProvider) localCertificates(ctx context.Context) (*platformCerts, *vcekInfo, error) {
-	for {
-		p.localMu.Lock()
-		if p.local == nil || p.localDone {
-			pc, info := p.localCerts, p.localInfo
-			p.localMu.Unlock()
-			return pc, info, nil
-		}
-		if wait := p.localRunning; wait != nil {
-			p.localMu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return nil, nil, ctx.Err()
-			}
-		}
-		running := make(chan struct{})
-		p.localRunning = running
-		p.localMu.Unlock()
-
-		pc, info, err := loadLocalCerts(ctx, p.local)
-
-		p.localMu.Lock()
-		p.localRunning = nil
-		close(running)
-		ctxErr := errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-		if !ctxErr {
-			p.localDone, p.localCerts, p.localInfo = true, pc, info
-		}
-		p.localMu.Unlock()
-		switch {
-		case ctxErr && ctx.Err() != nil:
-			return nil, nil, err
-		case ctxErr:
-			p.log.Warn("platform certificates of the container timed out; fetching fresh ones this time", "err", err)
-		case err != nil:
-			p.log.Warn("platform certificates of the container are unusable; fresh ones will be fetched for each report", "err", err)
-		}
-		return pc, info, nil
+	if p.local == nil {
+		return nil, nil, nil
 	}
+	known := func() (localCerts, bool) {
+		p.localMu.Lock()
+		defer p.localMu.Unlock()
+		return p.localKept, p.localDone
+	}
+	lc, err := p.localCall.do(ctx, struct{}{}, known, p.loadLocal)
+	if err != nil && ctx.Err() != nil {
+		return nil, nil, err
+	}
+	return lc.pc, lc.info, nil
+}
+
+// loadLocal calls the local source and remembers its answer, unless that
+// is a context error.
+func (p *certProvider) loadLocal(ctx context.Context) (localCerts, error) {
+	pc, info, err := loadLocalCerts(ctx, p.local)
+	switch {
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		if ctx.Err() == nil {
+			p.log.Warn("platform certificates of the container timed out; fetching fresh ones this time", "err", err)
+		}
+		return localCerts{}, err
+	case err != nil:
+		p.log.Warn("platform certificates of the container are unusable; fresh ones will be fetched for each report", "err", err)
+	}
+	lc := localCerts{pc, info}
+	p.localMu.Lock()
+	p.localDone, p.localKept = true, lc
+	p.localMu.Unlock()
+	return lc, nil
 }
 
 func loadLocalCerts(ctx context.Context, local func(context.Context) (*platformCerts, error)) (*platformCerts, *vcekInfo, error) {
@@ -196,43 +189,34 @@ func loadLocalCerts(ctx context.Context, local func(context.Context) (*platformC
 }
 
 // fetchShared returns cached certificates for key, or joins (or starts) the
-// one fetch for it. The fetch runs on its own bounded context so that one
-// impatient caller does not fail the others waiting on it.
+// one fetch for it, which fills the cache.
 func (p *certProvider) fetchShared(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
 	if p.srcErr != nil {
 		return nil, newError(kindInternal, p.srcErr, "fresh AMD certificates are needed for TCB %s but certcache is misconfigured", formatTCB(product, key.tcb))
 	}
-	p.mu.Lock()
-	if pc, ok := p.cache[key]; ok {
-		p.mu.Unlock()
-		p.log.Debug("platform certificates from the cache", "tcb", fmt.Sprintf("%016x", key.tcb))
-		return pc, nil
+	cached := func() (*platformCerts, bool) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		pc, ok := p.cache[key]
+		if ok {
+			p.log.Debug("platform certificates from the cache", "tcb", fmt.Sprintf("%016x", key.tcb))
+		}
+		return pc, ok
 	}
-	f, ok := p.inflight[key]
-	if !ok {
-		f = &certFetch{done: make(chan struct{})}
-		p.inflight[key] = f
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.timeout)
-		go func() {
-			defer cancel()
-			certs, err := p.fetch(fctx, key, product)
+	fetch := func(ctx context.Context) (*platformCerts, error) {
+		pc, err := p.fetch(ctx, key, product)
+		if err == nil {
 			p.mu.Lock()
-			delete(p.inflight, key)
-			if err == nil {
-				p.remember(key, certs)
-			}
-			f.certs, f.err = certs, err
+			p.remember(key, pc)
 			p.mu.Unlock()
-			close(f.done)
-		}()
+		}
+		return pc, err
 	}
-	p.mu.Unlock()
-	select {
-	case <-f.done:
-		return f.certs, f.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("wait for AMD certificates from %s: %w", p.src.Service(), ctx.Err())
+	pc, err := p.fetches.do(ctx, key, cached, fetch)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("wait for AMD certificates from %s: %w", p.src.Service(), err)
 	}
+	return pc, err
 }
 
 // remember caches pc, evicting the oldest entry when full. p.mu is held.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -597,7 +598,7 @@ func TestCertProviderRetries(t *testing.T) {
 	t.Run("timeout is 504", func(t *testing.T) {
 		f := newKDSFixture(t)
 		f.kds.hang = true
-		f.p.timeout = 300 * time.Millisecond // the shared fetch gives up soon after the caller
+		f.p.fetches.timeout = 300 * time.Millisecond // the shared fetch gives up soon after the caller
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		_, err := f.p.forReport(ctx, f.rep)
@@ -624,19 +625,9 @@ func TestCertProviderConcurrentRequestsShareOneFetch(t *testing.T) {
 			errs <- err
 		}()
 	}
-	// Wait until every caller is either waiting on the fetch or has
-	// started it, then let the stand-in answer.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		f.p.mu.Lock()
-		inflight := len(f.p.inflight)
-		f.p.mu.Unlock()
-		if inflight == 1 && f.kds.total.Load() >= 1 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(50 * time.Millisecond)
+	// Wait until every caller waits on the one fetch, then let the
+	// stand-in answer.
+	waitForTakers(t, &f.p.fetches, certKey{chipID: f.rep.ChipID, tcb: f.rep.ReportedTCB}, n)
 	close(f.kds.gate)
 	wg.Wait()
 	close(errs)
@@ -765,10 +756,9 @@ func TestCertProviderLocalSource(t *testing.T) {
 	v := newTestVCEK(t, specOld)
 	rep := testReport(t, v, reportSpec{tcb: tcbOld, chipID: testChipID})
 	t.Run("a context error is not remembered", func(t *testing.T) {
-		calls := 0
+		var calls atomic.Int32 // the local source runs on a goroutine of its own
 		local := func(ctx context.Context) (*platformCerts, error) {
-			calls++
-			if calls == 1 {
+			if calls.Add(1) == 1 {
 				<-ctx.Done()
 				return nil, ctx.Err()
 			}
@@ -784,8 +774,8 @@ func TestCertProviderLocalSource(t *testing.T) {
 		if err != nil || !pc.VCEK.Equal(v.cert) {
 			t.Fatalf("second call: %v", err)
 		}
-		if calls != 2 {
-			t.Fatalf("local called %d times", calls)
+		if calls.Load() != 2 {
+			t.Fatalf("local called %d times", calls.Load())
 		}
 	})
 	t.Run("another error is remembered and fresh certificates are fetched", func(t *testing.T) {

@@ -68,9 +68,10 @@ type tokenProvider struct {
 	imdsRetry  retryPolicy
 	entraRetry retryPolicy
 
-	mu       sync.Mutex
-	cache    map[tokenKey]cachedToken
-	inflight map[tokenKey]*tokenCall
+	fetches flight[tokenKey, string]
+
+	mu    sync.Mutex
+	cache map[tokenKey]cachedToken
 }
 
 type tokenKey struct{ source, resource string }
@@ -78,13 +79,6 @@ type tokenKey struct{ source, resource string }
 type cachedToken struct {
 	token   string
 	expires time.Time
-}
-
-// tokenCall is one fetch that concurrent callers share.
-type tokenCall struct {
-	done  chan struct{}
-	token string
-	err   error
 }
 
 func newTokenProvider(cfg tokenConfig) *tokenProvider {
@@ -104,8 +98,10 @@ func newTokenProvider(cfg tokenConfig) *tokenProvider {
 		cfg:        cfg,
 		imdsRetry:  imdsRetry,
 		entraRetry: entraRetry,
-		cache:      map[tokenKey]cachedToken{},
-		inflight:   map[tokenKey]*tokenCall{},
+		// Up to tokenFetchBudget, a fetch outlives the callers that gave up
+		// on it: one caller giving up must not fail the others.
+		fetches: flight[tokenKey, string]{timeout: tokenFetchBudget},
+		cache:   map[tokenKey]cachedToken{},
 	}
 }
 
@@ -123,32 +119,18 @@ func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, sou
 		return "", "", err
 	}
 	key := tokenKey{src.name, resource}
-
-	p.mu.Lock()
-	if t, ok := p.cache[key]; ok && p.cfg.Now().Before(t.expires.Add(-tokenRefreshMargin)) {
-		p.mu.Unlock()
-		return t.token, src.name, nil
+	cached := func() (string, bool) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		t, ok := p.cache[key]
+		return t.token, ok && p.cfg.Now().Before(t.expires.Add(-tokenRefreshMargin))
 	}
-	call, ok := p.inflight[key]
-	if !ok {
-		call = &tokenCall{done: make(chan struct{})}
-		p.inflight[key] = call
-		// Detached from this caller: one caller giving up must not fail
-		// the others waiting on the same fetch.
-		fetchCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tokenFetchBudget)
-		go func() {
-			defer cancel()
-			p.runFetch(fetchCtx, key, src, resource, call)
-		}()
+	fetch := func(ctx context.Context) (string, error) { return p.fetch(ctx, key, src) }
+	token, err = p.fetches.do(ctx, key, cached, fetch)
+	if err != nil && ctx.Err() != nil {
+		return "", src.name, fmt.Errorf("get a token for %s from %s: %w", resource, src.name, err)
 	}
-	p.mu.Unlock()
-
-	select {
-	case <-call.done:
-		return call.token, src.name, call.err
-	case <-ctx.Done():
-		return "", src.name, fmt.Errorf("get a token for %s from %s: %w", resource, src.name, ctx.Err())
-	}
+	return token, src.name, err
 }
 
 // Forget drops the cached token for vaultHost after the vault refused it
@@ -164,24 +146,19 @@ func (p *tokenProvider) Forget(vaultHost string) {
 	p.mu.Unlock()
 }
 
-func (p *tokenProvider) runFetch(ctx context.Context, key tokenKey, src identitySource, resource string, call *tokenCall) {
-	tok, expires, err := src.fetch(ctx, resource)
+// fetch gets a token for key.resource from src and caches it.
+func (p *tokenProvider) fetch(ctx context.Context, key tokenKey, src identitySource) (string, error) {
+	tok, expires, err := src.fetch(ctx, key.resource)
 	if err != nil {
-		err = fmt.Errorf("get a token for %s from %s: %w", resource, src.name, err)
+		err = fmt.Errorf("get a token for %s from %s: %w", key.resource, src.name, err)
+		p.cfg.Log.Warn("no bearer token", "source", src.name, "resource", key.resource, "err", err)
+		return "", err
 	}
 	p.mu.Lock()
-	delete(p.inflight, key)
-	if err == nil {
-		p.cache[key] = cachedToken{token: tok, expires: expires}
-	}
-	call.token, call.err = tok, err
+	p.cache[key] = cachedToken{token: tok, expires: expires}
 	p.mu.Unlock()
-	close(call.done)
-	if err != nil {
-		p.cfg.Log.Warn("no bearer token", "source", src.name, "resource", resource, "err", err)
-		return
-	}
-	p.cfg.Log.Debug("bearer token obtained", "source", src.name, "resource", resource, "expires", expires.UTC().Format(time.RFC3339))
+	p.cfg.Log.Debug("bearer token obtained", "source", src.name, "resource", key.resource, "expires", expires.UTC().Format(time.RFC3339))
+	return tok, nil
 }
 
 // identitySource is where tokens come from; fetch returns a token and

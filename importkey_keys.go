@@ -27,11 +27,9 @@ type importMaterial struct {
 	Derived   []byte // the symmetric key derived from RSA d, for -out
 }
 
-// wipe clears the symmetric key material held in memory.
+// wipe clears the key material held in memory.
 func (m *importMaterial) wipe() {
-	if k, ok := m.Key.([]byte); ok {
-		clear(k)
-	}
+	zeroPrivateKey(m.Key)
 	clear(m.Derived)
 	for _, f := range m.Files {
 		clear(f.Content)

@@ -1,12 +1,46 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 )
+
+// privateKeyDecoder reads one DER encoding of a private key.
+type privateKeyDecoder func(der []byte) (any, error)
+
+var (
+	pkcs8PrivateKey privateKeyDecoder = x509.ParsePKCS8PrivateKey
+	pkcs1PrivateKey privateKeyDecoder = func(der []byte) (any, error) { return x509.ParsePKCS1PrivateKey(der) }
+	sec1PrivateKey  privateKeyDecoder = func(der []byte) (any, error) { return x509.ParseECPrivateKey(der) }
+)
+
+// pemPrivateKeyDecoders: the PEM types of unencrypted private keys.
+var pemPrivateKeyDecoders = map[string]privateKeyDecoder{
+	"PRIVATE KEY":     pkcs8PrivateKey,
+	"RSA PRIVATE KEY": pkcs1PrivateKey,
+	"EC PRIVATE KEY":  sec1PrivateKey,
+}
+
+// parsePrivateKeyDER reads der with the first decoder that takes it; when
+// none does, the error is the first decoder's.
+func parsePrivateKeyDER(der []byte, decoders ...privateKeyDecoder) (any, error) {
+	var first error
+	for _, dec := range decoders {
+		key, err := dec(der)
+		if err == nil {
+			return key, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
+}
 
 // parsePrivateKeyPEM takes the first PEM block: PKCS#8 "PRIVATE KEY",
 // PKCS#1 "RSA PRIVATE KEY" or SEC1 "EC PRIVATE KEY". Encrypted keys are
@@ -20,24 +54,31 @@ func parsePrivateKeyPEM(raw []byte) (any, error) {
 	if _, encrypted := block.Headers["Proc-Type"]; encrypted || block.Type == "ENCRYPTED PRIVATE KEY" {
 		return nil, errors.New("the private key is encrypted: decrypt it first (openssl pkey -in KEY -out PLAIN)")
 	}
-	var (
-		key any
-		err error
-	)
-	switch block.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(block.Bytes)
-	default:
+	dec, ok := pemPrivateKeyDecoders[block.Type]
+	if !ok {
 		return nil, fmt.Errorf("PEM block %q is not a private key (want PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", block.Type)
 	}
+	key, err := parsePrivateKeyDER(block.Bytes, dec)
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", block.Type, err)
 	}
 	return key, nil
+}
+
+// zeroPrivateKey overwrites what Go lets us reach of a private key we are
+// done with: the bytes of a symmetric key, the private numbers of an RSA
+// or EC key. Copies the standard library derives and keeps inside the key
+// are out of reach.
+func zeroPrivateKey(key any) {
+	switch k := key.(type) {
+	case []byte:
+		clear(k)
+	case *rsa.PrivateKey:
+		zeroBigInts(k.D, k.Precomputed.Dp, k.Precomputed.Dq, k.Precomputed.Qinv)
+		zeroBigInts(k.Primes...)
+	case *ecdsa.PrivateKey:
+		zeroBigInts(k.D)
+	}
 }
 
 func zeroBigInts(xs ...*big.Int) {
@@ -47,15 +88,4 @@ func zeroBigInts(xs ...*big.Int) {
 			x.SetInt64(0)
 		}
 	}
-}
-
-func parsePrivateKeyDER(der []byte, bare func([]byte) (any, error)) (any, error) {
-	key, err := x509.ParsePKCS8PrivateKey(der)
-	if err == nil {
-		return key, nil
-	}
-	if k, err2 := bare(der); err2 == nil {
-		return k, nil
-	}
-	return nil, fmt.Errorf("not PKCS#8: %w", err)
 }

@@ -27,10 +27,6 @@ type wrappingKey struct {
 	runtimeData []byte // {"keys":[{"kty":"RSA","n","e","kid","key_ops":["encrypt"]}]}
 }
 
-// generateWrappingKey is how the key pool makes keys; tests replace it to
-// learn the private keys they must never find in a log.
-var generateWrappingKey = newWrappingKey
-
 // newWrappingKey generates a key; it is slow, so only the key pool calls it.
 func newWrappingKey() (*wrappingKey, error) {
 	priv, err := rsa.GenerateKey(rand.Reader, wrappingKeyBits)
@@ -60,8 +56,7 @@ func (k *wrappingKey) destroy() {
 	if k == nil || k.priv == nil {
 		return
 	}
-	zeroBigInts(k.priv.D, k.priv.Precomputed.Dp, k.priv.Precomputed.Dq, k.priv.Precomputed.Qinv)
-	zeroBigInts(k.priv.Primes...)
+	zeroPrivateKey(k.priv)
 	k.priv = nil
 }
 

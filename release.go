@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -165,6 +166,20 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 		return "", "unwrap", newError(kindUpstream, err, "unwrap: key %q released by %s could not be unwrapped", p.Key.String(), p.VaultHost)
 	}
 	return out, "", nil
+}
+
+// attestForRelease is the releaser's attestFunc: evidence over a wrapping
+// key's JWK Set, and the MAA token for it.
+func (s *server) attestForRelease(ctx context.Context, maaHost string, runtimeData []byte) (token string, expires time.Time, hostData string, err error) {
+	ev, err := s.evidence(ctx, runtimeData)
+	if err != nil {
+		return "", time.Time{}, "", fmt.Errorf("evidence for MAA: %w", err)
+	}
+	tok, err := s.attestMAA(ctx, maaHost, ev, runtimeData)
+	if err != nil {
+		return "", time.Time{}, "", err
+	}
+	return tok.Token, tok.Expires, hex.EncodeToString(ev.Parsed.HostData[:]), nil
 }
 
 // bearerToken is the request's access_token, else one from the identity

@@ -7,7 +7,6 @@ import (
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/sha512"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -231,13 +230,7 @@ func (e *releaseEnvelope) unwrap(wk *wrappingKey) (string, error) {
 	}
 	// Drop our copies of the key material; the JWK strings are what the
 	// caller gets and cannot be overwritten.
-	switch pk := priv.(type) {
-	case []byte:
-		clear(pk)
-	case *rsa.PrivateKey:
-		zeroBigInts(pk.D, pk.Precomputed.Dp, pk.Precomputed.Dq, pk.Precomputed.Qinv)
-		zeroBigInts(pk.Primes...)
-	}
+	zeroPrivateKey(priv)
 	k.Kid = e.Kid
 	k.KeyOps = e.KeyOps
 	out, err := json.Marshal(k)
@@ -294,9 +287,9 @@ func (e *releaseEnvelope) decodePlaintext(plain []byte) (any, error) {
 		}
 		return bytes.Clone(plain), nil
 	case "RSA":
-		key, err := parsePrivateKeyDER(plain, func(b []byte) (any, error) { return x509.ParsePKCS1PrivateKey(b) })
+		key, err := parsePrivateKeyDER(plain, pkcs8PrivateKey, pkcs1PrivateKey)
 		if err != nil {
-			return nil, fmt.Errorf("released RSA key: %w", err)
+			return nil, fmt.Errorf("released RSA key: not PKCS#8: %w", err)
 		}
 		rk, ok := key.(*rsa.PrivateKey)
 		if !ok {
@@ -310,9 +303,9 @@ func (e *releaseEnvelope) decodePlaintext(plain []byte) (any, error) {
 		}
 		return rk, nil
 	case "EC":
-		key, err := parsePrivateKeyDER(plain, func(b []byte) (any, error) { return x509.ParseECPrivateKey(b) })
+		key, err := parsePrivateKeyDER(plain, pkcs8PrivateKey, sec1PrivateKey)
 		if err != nil {
-			return nil, fmt.Errorf("released EC key: %w", err)
+			return nil, fmt.Errorf("released EC key: not PKCS#8: %w", err)
 		}
 		ek, ok := key.(*ecdsa.PrivateKey)
 		if !ok {

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -11,6 +11,33 @@ import (
 // tokenExpiryMargin keeps a reused MAA token well clear of its exp, so Key
 // Vault never sees one that expires on the way.
 const tokenExpiryMargin = 2 * time.Minute
+
+// attestFunc gets an MAA token from maaHost for runtimeData, the public JWK
+// Set of a wrapping key. expires is the token's exp (zero when it has
+// none); hostData is the attested HOST_DATA in hex, for error hints.
+type attestFunc func(ctx context.Context, maaHost string, runtimeData []byte) (token string, expires time.Time, hostData string, err error)
+
+// clock is the releaser's time: when now is, and what to do when later.
+type clock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) (stop func() bool)
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+func (systemClock) AfterFunc(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }
+
+// releaserConfig is what the releaser is given by its owner.
+type releaserConfig struct {
+	TTL     time.Duration // how long a credential serves releases; 0 = one attestation per release
+	Timeout time.Duration // bound of one shared attestation
+	Attest  attestFunc
+	NewKey  func() (*wrappingKey, error) // how the key pool makes keys; nil = newWrappingKey
+	Log     *slog.Logger                 // nil = discard
+	Clock   clock                        // nil = the system clock
+}
 
 // releaseCredential is a wrapping key and the MAA token whose x-ms-runtime
 // carries its public half. Releases hold a reference while they use it; it
@@ -21,53 +48,44 @@ type releaseCredential struct {
 	token      string
 	hostData   string // hex HOST_DATA of the attested report, for error hints
 	reuseUntil time.Time
-	timer      *time.Timer
+	stopTimer  func() bool // of the expiry, once the credential is current
 
 	refs    int // guarded by releaser.mu
 	retired bool
 }
 
-// attestFlight is one attestation shared by every release that needs a new
-// token for the same MAA endpoint at the same time.
-type attestFlight struct {
-	done    chan struct{} // closed under releaser.mu once cred/err are set
-	waiters int
-	cred    *releaseCredential
-	err     error
-}
-
 // releaser holds the wrapping keys and MAA tokens that serve releases.
 type releaser struct {
-	s    *server
-	ttl  time.Duration
-	pool *keyPool
-	now  func() time.Time
-	// attestFn gets a credential for a host: attest, unless a test says
-	// otherwise.
-	attestFn func(ctx context.Context, host string) (*releaseCredential, error)
-
-	baseCtx context.Context // ends on Close: stops attestations in flight
-	cancel  context.CancelFunc
+	cfg     releaserConfig
+	pool    *keyPool
+	flights flight[string, *releaseCredential] // by MAA host
+	cancel  context.CancelFunc                 // ends attestations in flight
 
 	mu      sync.Mutex
 	current map[string]*releaseCredential // by MAA host
-	flights map[string]*attestFlight      // by MAA host
 	closed  bool
 }
 
-func newReleaser(s *server) *releaser {
+func newReleaser(cfg releaserConfig) *releaser {
+	if cfg.NewKey == nil {
+		cfg.NewKey = newWrappingKey
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &releaser{
-		s:       s,
-		ttl:     s.cfg.WrappingKeyTTL,
-		pool:    newKeyPool(generateWrappingKey, s.log),
-		now:     time.Now,
-		baseCtx: ctx,
+		cfg:     cfg,
+		pool:    newKeyPool(cfg.NewKey, cfg.Log),
 		cancel:  cancel,
 		current: map[string]*releaseCredential{},
-		flights: map[string]*attestFlight{},
 	}
-	r.attestFn = r.attest
+	// Attestations run on the releaser's context and deadline, so that no
+	// single release giving up ends one for the others.
+	r.flights = flight[string, *releaseCredential]{base: ctx, timeout: cfg.Timeout, settle: r.settle, abandon: r.put}
 	return r
 }
 
@@ -88,81 +106,74 @@ func (r *releaser) Close() {
 // live one when the TTL allows, else joining or starting the one
 // attestation for host. The caller must hand it back with put.
 func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCredential, reused bool, err error) {
-	if r.ttl <= 0 {
+	if r.cfg.TTL <= 0 {
 		// No reuse, hence nothing to share: each release attests for itself.
-		c, err := r.attestFn(ctx, host)
+		c, err := r.attest(ctx, host)
 		if err != nil {
 			return nil, false, err
 		}
 		c.refs, c.retired = 1, true
 		return c, false, nil
 	}
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return nil, false, errReleaserClosed
-	}
-	if c := r.current[host]; c != nil && r.now().Before(c.reuseUntil) {
-		c.refs++
-		r.mu.Unlock()
-		return c, true, nil
-	}
-	f := r.flights[host]
-	if f == nil {
-		f = &attestFlight{done: make(chan struct{})}
-		r.flights[host] = f
-		go r.fly(host, f)
-	}
-	f.waiters++
-	r.mu.Unlock()
-
-	select {
-	case <-f.done:
-		return f.cred, false, f.err
-	case <-ctx.Done():
+	closed := false
+	live := func() (*releaseCredential, bool) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		select {
-		case <-f.done:
-			// Finished meanwhile: our reference was counted, give it back.
-			if f.cred != nil {
-				r.putLocked(f.cred)
-			}
-		default:
-			f.waiters--
+		if closed = r.closed; closed {
+			return nil, true
 		}
-		return nil, false, fmt.Errorf("MAA attestation at %s: %w", host, ctx.Err())
+		c := r.liveLocked(host)
+		if c == nil {
+			return nil, false
+		}
+		c.refs++
+		reused = true
+		return c, true
 	}
+	c, err := r.flights.do(ctx, host, live, func(ctx context.Context) (*releaseCredential, error) { return r.attest(ctx, host) })
+	switch {
+	case closed:
+		return nil, false, errReleaserClosed
+	case err != nil && ctx.Err() != nil:
+		return nil, false, fmt.Errorf("MAA attestation at %s: %w", host, err)
+	}
+	return c, reused, err
 }
 
-// fly runs a shared attestation on the releaser's own context and deadline,
-// so that no single caller giving up ends it for the others.
-func (r *releaser) fly(host string, f *attestFlight) {
-	ctx, cancel := context.WithTimeout(r.baseCtx, r.s.timeout)
-	defer cancel()
-	c, err := r.attestFn(ctx, host)
+// liveLocked is the current credential for host while it may be reused;
+// one past its time is retired here, should its timer be late.
+func (r *releaser) liveLocked(host string) *releaseCredential {
+	c := r.current[host]
+	if c == nil || r.cfg.Clock.Now().Before(c.reuseUntil) {
+		return c
+	}
+	delete(r.current, host)
+	r.retireLocked(c)
+	return nil
+}
 
+// settle hands a new credential to the takers of its attestation and,
+// when it may be reused, makes it host's current one until reuseUntil.
+func (r *releaser) settle(host string, c *releaseCredential, err error, takers int) {
+	if err != nil {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.flights, host)
-	if err == nil {
-		c.refs = f.waiters
-		if r.closed || !r.now().Before(c.reuseUntil) {
-			c.retired = true
-		} else {
-			if old := r.current[host]; old != nil {
-				r.retireLocked(old)
-			}
-			r.current[host] = c
-			c.timer = time.AfterFunc(c.reuseUntil.Sub(r.now()), func() { r.expire(host, c) })
+	c.refs = takers
+	now := r.cfg.Clock.Now()
+	if r.closed || !now.Before(c.reuseUntil) {
+		c.retired = true
+	} else {
+		if old := r.current[host]; old != nil {
+			r.retireLocked(old)
 		}
-		if c.retired && c.refs == 0 {
-			c.key.destroy()
-			c = nil
-		}
+		r.current[host] = c
+		c.stopTimer = r.cfg.Clock.AfterFunc(c.reuseUntil.Sub(now), func() { r.expire(host, c) })
 	}
-	f.cred, f.err = c, err
-	close(f.done)
+	if c.retired && c.refs <= 0 {
+		c.key.destroy()
+	}
 }
 
 // attest takes a fresh wrapping key and gets an MAA token over its JWK Set.
@@ -172,43 +183,39 @@ func (r *releaser) attest(ctx context.Context, host string) (*releaseCredential,
 	if err != nil {
 		return nil, err
 	}
-	ev, err := r.s.evidence(ctx, key.runtimeData)
-	if err != nil {
-		key.destroy()
-		return nil, fmt.Errorf("evidence for MAA: %w", err)
-	}
-	tok, err := r.s.attestMAA(ctx, host, ev, key.runtimeData)
+	token, expires, hostData, err := r.cfg.Attest(ctx, host, key.runtimeData)
 	if err != nil {
 		key.destroy()
 		return nil, err
 	}
-	now := r.now()
-	until := now.Add(r.ttl)
-	switch {
-	case tok.Expires.IsZero():
-		until = now // without exp we cannot know how long it stays good
-	case tok.Expires.Add(-tokenExpiryMargin).Before(until):
-		until = tok.Expires.Add(-tokenExpiryMargin)
-	}
-	r.s.log.Debug("wrapping key attested", "step", "MAA", "maa_endpoint", host, "wrapping_kid", key.kid,
+	now := r.cfg.Clock.Now()
+	until := reuseUntil(now, r.cfg.TTL, expires)
+	r.cfg.Log.Debug("wrapping key attested", "step", "MAA", "maa_endpoint", host, "wrapping_kid", key.kid,
 		"reuse_for", max(until.Sub(now), 0).Round(time.Second), "duration", time.Since(start).Round(time.Microsecond))
-	return &releaseCredential{
-		maaHost:    host,
-		key:        key,
-		token:      tok.Token,
-		hostData:   hex.EncodeToString(ev.Parsed.HostData[:]),
-		reuseUntil: until,
-	}, nil
+	return &releaseCredential{maaHost: host, key: key, token: token, hostData: hostData, reuseUntil: until}, nil
+}
+
+// reuseUntil is when a credential attested at now stops serving releases:
+// after the TTL, or earlier so that its token never reaches Key Vault
+// within tokenExpiryMargin of its exp. A token without exp serves once.
+func reuseUntil(now time.Time, ttl time.Duration, exp time.Time) time.Time {
+	if exp.IsZero() {
+		return now
+	}
+	return minTime(now.Add(ttl), exp.Add(-tokenExpiryMargin))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // put hands back a credential got from credential.
 func (r *releaser) put(c *releaseCredential) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.putLocked(c)
-}
-
-func (r *releaser) putLocked(c *releaseCredential) {
 	c.refs--
 	if c.retired && c.refs <= 0 {
 		c.key.destroy()
@@ -216,8 +223,8 @@ func (r *releaser) putLocked(c *releaseCredential) {
 }
 
 func (r *releaser) retireLocked(c *releaseCredential) {
-	if c.timer != nil {
-		c.timer.Stop()
+	if c.stopTimer != nil {
+		c.stopTimer()
 	}
 	c.retired = true
 	if c.refs <= 0 {
@@ -234,11 +241,4 @@ func (r *releaser) expire(host string, c *releaseCredential) {
 	if !c.retired {
 		r.retireLocked(c)
 	}
-}
-
-// cached reports how many credentials are held, for tests.
-func (r *releaser) cached() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.current)
 }

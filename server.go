@@ -28,6 +28,13 @@ type serverOptions struct {
 	SecurityContextRoot string              // where security-context-* is looked for; "" = "/"
 	RequestTimeout      time.Duration       // overall deadline of one request; 0 = 30 s
 	IdentityTokenHosts  []string            // vault hosts besides *.vault.azure.net & co. that may get the identity's token
+
+	// Retry is the policy of MAA and Key Vault calls (nil = defaultRetry).
+	// The releaser's wrapping keys: how they are made (nil =
+	// newWrappingKey), and the clock of their reuse (nil = the system's).
+	Retry        *retryPolicy
+	WrappingKeys func() (*wrappingKey, error)
+	Clock        clock
 }
 
 // server holds everything the handlers share.
@@ -36,6 +43,7 @@ type server struct {
 	log     *slog.Logger
 	getenv  func(string) string
 	timeout time.Duration
+	retry   retryPolicy // of MAA and Key Vault calls
 	started time.Time
 
 	tee    teeDevice // nil when there is no guest interface
@@ -57,6 +65,10 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	}
 	if s.timeout <= 0 {
 		s.timeout = 30 * time.Second
+	}
+	s.retry = defaultRetry
+	if opts.Retry != nil {
+		s.retry = *opts.Retry
 	}
 	if s.cfg.Args == nil {
 		s.cfg.Args = &SkrSideCarArgs{}
@@ -87,7 +99,14 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Log:              log,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
 	})
-	s.rel = newReleaser(s)
+	s.rel = newReleaser(releaserConfig{
+		TTL:     cfg.WrappingKeyTTL,
+		Timeout: s.timeout,
+		Attest:  s.attestForRelease,
+		NewKey:  opts.WrappingKeys,
+		Log:     log,
+		Clock:   opts.Clock,
+	})
 	return s, nil
 }
 

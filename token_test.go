@@ -63,7 +63,7 @@ type imdsStandIn struct {
 	scriptedFailures
 	clientID string        // the identity attached; "" = system-assigned only
 	token    string        // the token to issue; "" = a fresh random one each time
-	delay    time.Duration // before answering
+	gate     chan struct{} // answers once it is closed; nil = at once
 	now      func() time.Time
 	calls    atomic.Int32
 
@@ -101,7 +101,13 @@ func imdsError(w http.ResponseWriter, status int, code, desc string) {
 
 func (s *imdsStandIn) serve(w http.ResponseWriter, r *http.Request) {
 	s.calls.Add(1)
-	time.Sleep(s.delay)
+	if s.gate != nil {
+		select {
+		case <-s.gate:
+		case <-r.Context().Done():
+			return
+		}
+	}
 	if r.Method != http.MethodGet || r.URL.Path != "/metadata/identity/oauth2/token" {
 		imdsError(w, http.StatusNotFound, "not_found", "no such endpoint")
 		return
@@ -267,24 +273,6 @@ func tokenEnv(m map[string]string) func(string) string {
 	return func(k string) string { return m[k] }
 }
 
-// tokenClock is a settable clock for cache expiry tests.
-type tokenClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *tokenClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *tokenClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // imdsProvider is a provider that talks to the IMDS stand-in only.
 func imdsProvider(t *testing.T, imds *imdsStandIn, clientID string, logs *syncBuffer, now func() time.Time) *tokenProvider {
 	t.Helper()
@@ -351,6 +339,7 @@ func (w *tokenWorkload) rotate(t *testing.T) string {
 }
 
 func TestVaultResource(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ host, want string }{
 		{"myvault.vault.azure.net", "https://vault.azure.net"},
 		{"MyVault.Vault.Azure.Net", "https://vault.azure.net"},
@@ -381,6 +370,7 @@ func TestVaultResource(t *testing.T) {
 // The IMDS stand-in refuses what real IMDS refuses, or the tests below
 // would prove nothing.
 func TestIMDSStandInIsStrict(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "cid")
 	get := func(query string, metadata bool) (int, string) {
 		req, _ := http.NewRequest("GET", imds.URL+"/metadata/identity/oauth2/token?"+query, nil)
@@ -415,6 +405,7 @@ func TestIMDSStandInIsStrict(t *testing.T) {
 }
 
 func TestTokenIMDSCachesPerResource(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "c0ffee00-0000-0000-0000-000000000001")
 	p := imdsProvider(t, imds, "c0ffee00-0000-0000-0000-000000000001", nil, nil)
 	ctx := context.Background()
@@ -447,6 +438,7 @@ func TestTokenIMDSCachesPerResource(t *testing.T) {
 }
 
 func TestTokenIMDSSystemAssigned(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "") // refuses any client_id
 	p := imdsProvider(t, imds, "", nil, nil)
 	_, src, err := p.Token(context.Background(), "v.vault.azure.net")
@@ -459,6 +451,7 @@ func TestTokenIMDSSystemAssigned(t *testing.T) {
 }
 
 func TestTokenIMDSAudiencePerVaultHost(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "cid")
 	p := imdsProvider(t, imds, "cid", nil, nil)
 	for _, tc := range []struct{ host, resource string }{
@@ -477,7 +470,8 @@ func TestTokenIMDSAudiencePerVaultHost(t *testing.T) {
 }
 
 func TestTokenRefreshedNearExpiry(t *testing.T) {
-	clock := &tokenClock{t: time.Now()}
+	t.Parallel()
+	clock := &fakeClock{now: time.Now()}
 	imds := newIMDSStandIn(t, "cid")
 	imds.now = clock.Now
 	p := imdsProvider(t, imds, "cid", nil, clock.Now)
@@ -502,6 +496,7 @@ func TestTokenRefreshedNearExpiry(t *testing.T) {
 }
 
 func TestTokenIMDSRetries(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		failures  []int
@@ -554,6 +549,7 @@ func TestTokenIMDSRetries(t *testing.T) {
 }
 
 func TestTokenIMDSErrorDescriptionInMessage(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "the-right-one")
 	p := imdsProvider(t, imds, "not-attached", nil, nil)
 	_, _, err := p.Token(context.Background(), "v.vault.azure.net")
@@ -566,6 +562,7 @@ func TestTokenIMDSErrorDescriptionInMessage(t *testing.T) {
 }
 
 func TestTokenUnusableAnswersAre502(t *testing.T) {
+	t.Parallel()
 	for name, body := range map[string]string{
 		"not JSON":         "<html>gateway</html>",
 		"no token":         `{"expires_in":"3599","token_type":"Bearer"}`,
@@ -589,7 +586,8 @@ func TestTokenUnusableAnswersAre502(t *testing.T) {
 }
 
 func TestTokenIMDSExpiresOnOnly(t *testing.T) {
-	clock := &tokenClock{t: time.Unix(1_700_000_000, 0)}
+	t.Parallel()
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, `{"access_token":"%s","expires_on":"%d","token_type":"Bearer"}`, randomTestSecret("t"), clock.Now().Unix()+3600)
 	}))
@@ -609,9 +607,20 @@ func TestTokenIMDSExpiresOnOnly(t *testing.T) {
 	}
 }
 
+// tokenFlightKey is the key under which p fetches a token for vaultHost.
+func tokenFlightKey(t *testing.T, p *tokenProvider, vaultHost string) tokenKey {
+	t.Helper()
+	src, err := p.identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tokenKey{src.name, vaultResource(vaultHost)}
+}
+
 func TestTokenConcurrentCallersShareOneFetch(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "cid")
-	imds.delay = 200 * time.Millisecond
+	imds.gate = make(chan struct{})
 	p := imdsProvider(t, imds, "cid", nil, nil)
 	const callers = 32
 	var wg sync.WaitGroup
@@ -620,6 +629,8 @@ func TestTokenConcurrentCallersShareOneFetch(t *testing.T) {
 	for i := range callers {
 		wg.Go(func() { toks[i], _, errs[i] = p.Token(context.Background(), "v.vault.azure.net") })
 	}
+	waitForTakers(t, &p.fetches, tokenFlightKey(t, p, "v.vault.azure.net"), callers)
+	close(imds.gate)
 	wg.Wait()
 	for i := range callers {
 		if errs[i] != nil || toks[i] != toks[0] {
@@ -634,25 +645,35 @@ func TestTokenConcurrentCallersShareOneFetch(t *testing.T) {
 // A caller that gives up gets a timeout (504) while the shared fetch goes
 // on for the others, and fills the cache.
 func TestTokenCallerDeadlineDoesNotFailOthers(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "cid")
-	imds.delay = 300 * time.Millisecond
+	imds.gate = make(chan struct{})
 	p := imdsProvider(t, imds, "cid", nil, nil)
-	short, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	key := tokenFlightKey(t, p, "v.vault.azure.net")
+	// The impatient caller starts the fetch.
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
+	impatient := make(chan error, 1)
+	go func() {
+		_, _, err := p.Token(short, "v.vault.azure.net")
+		impatient <- err
+	}()
+	waitForTakers(t, &p.fetches, key, 1)
 	var wg sync.WaitGroup
 	var patientTok string
 	var patientErr error
-	wg.Go(func() {
-		time.Sleep(10 * time.Millisecond)
-		patientTok, _, patientErr = p.Token(context.Background(), "v.vault.azure.net")
-	})
-	_, _, err := p.Token(short, "v.vault.azure.net")
+	wg.Go(func() { patientTok, _, patientErr = p.Token(context.Background(), "v.vault.azure.net") })
+	err := <-impatient
 	if !errors.Is(err, context.DeadlineExceeded) || statusFor(err) != http.StatusGatewayTimeout {
 		t.Fatalf("impatient caller: %v (status %d)", err, statusFor(err))
 	}
+	close(imds.gate)
 	wg.Wait()
 	if patientErr != nil || patientTok == "" {
 		t.Fatalf("patient caller: %q, %v", patientTok, patientErr)
+	}
+	if tok, _, err := p.Token(context.Background(), "v.vault.azure.net"); err != nil || tok != patientTok {
+		t.Fatalf("the shared fetch did not fill the cache: %q, %v", tok, err)
 	}
 	if imds.calls.Load() != 1 {
 		t.Fatalf("IMDS calls = %d, want 1", imds.calls.Load())
@@ -660,6 +681,7 @@ func TestTokenCallerDeadlineDoesNotFailOthers(t *testing.T) {
 }
 
 func TestTokenWorkloadIdentity(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "imds-client-id-unused")
 	w := newWorkload(t, imds, nil)
 	ctx := context.Background()
@@ -682,7 +704,8 @@ func TestTokenWorkloadIdentity(t *testing.T) {
 }
 
 func TestTokenWorkloadIdentityRereadsRotatedFile(t *testing.T) {
-	clock := &tokenClock{t: time.Now()}
+	t.Parallel()
+	clock := &fakeClock{now: time.Now()}
 	w := newWorkload(t, nil, clock.Now)
 	ctx := context.Background()
 	if _, _, err := w.p.Token(ctx, "v.vault.azure.net"); err != nil {
@@ -708,6 +731,7 @@ func TestTokenWorkloadIdentityRereadsRotatedFile(t *testing.T) {
 }
 
 func TestTokenWorkloadIdentityErrors(t *testing.T) {
+	t.Parallel()
 	t.Run("5xx and 429 retried", func(t *testing.T) {
 		w := newWorkload(t, nil, nil)
 		w.entra.failWith(503, 429)
@@ -760,6 +784,7 @@ func TestTokenWorkloadIdentityErrors(t *testing.T) {
 }
 
 func TestTokenConfigurationRefused(t *testing.T) {
+	t.Parallel()
 	file := filepath.Join(t.TempDir(), "tok")
 	os.WriteFile(file, []byte("assertion"), 0o600)
 	wi := func(extra map[string]string) map[string]string {
@@ -796,6 +821,7 @@ func TestTokenConfigurationRefused(t *testing.T) {
 // Partial workload identity settings fall through to IMDS, as in
 // Microsoft's sidecar (pods often carry AZURE_CLIENT_ID alone).
 func TestTokenPartialWorkloadIdentityUsesIMDS(t *testing.T) {
+	t.Parallel()
 	imds := newIMDSStandIn(t, "cid")
 	p := newTokenProvider(tokenConfig{
 		IdentityClientID: "cid",
@@ -825,6 +851,7 @@ func TestVaultTokenForTools(t *testing.T) {
 // Tokens and assertions never reach the log, at any level, on success,
 // retry or failure paths; the log does name the source and expiry.
 func TestTokenNeverLogged(t *testing.T) {
+	t.Parallel()
 	logs := &syncBuffer{}
 	imds := newIMDSStandIn(t, "cid")
 	imds.failWith(500, 429)
@@ -867,6 +894,7 @@ func TestTokenNeverLogged(t *testing.T) {
 }
 
 func TestIdentityTokenOnlyForVaultHosts(t *testing.T) {
+	t.Parallel()
 	p := newTokenProvider(tokenConfig{ExtraVaultHosts: []string{"127.0.0.1:8443"}})
 	for host, ok := range map[string]bool{
 		"myvault.vault.azure.net":              true,
