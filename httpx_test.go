@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -238,20 +239,66 @@ func TestDoWithRetry(t *testing.T) {
 	}
 }
 
+// waitRecorder stands in for the pause between retries: it notes each
+// delay and returns at once, so that a test checks the delays a policy
+// chose without sleeping through them.
+type waitRecorder struct {
+	mu     sync.Mutex
+	delays []time.Duration
+}
+
+func (w *waitRecorder) Wait(ctx context.Context, d time.Duration) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.delays = append(w.delays, d)
+	return ctx.Err()
+}
+
+func (w *waitRecorder) Delays() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Duration(nil), w.delays...)
+}
+
+// recordedRetry is p with its pauses recorded instead of slept.
+func recordedRetry(p retryPolicy) (*retryPolicy, *waitRecorder) {
+	rec := &waitRecorder{}
+	p.Wait = rec.Wait
+	return &p, rec
+}
+
 func TestDoWithRetryHonoursRetryAfter(t *testing.T) {
+	t.Parallel()
 	srv, calls := flakyServer(t, []int{429}, http.Header{"Retry-After": {"1"}})
-	p := retryPolicy{Attempts: 2, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Second}
-	start := time.Now()
-	if _, _, err := doWithRetry(context.Background(), srv.Client(), "test", p, nil, getter(srv.URL)); err != nil {
+	p, waits := recordedRetry(retryPolicy{Attempts: 2, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Second})
+	if _, _, err := doWithRetry(context.Background(), srv.Client(), "test", *p, nil, getter(srv.URL)); err != nil {
 		t.Fatal(err)
 	}
-	// The jittered backoff alone would be about a millisecond: waiting a
-	// second or more is only explained by Retry-After.
-	if waited := time.Since(start); waited < time.Second {
-		t.Errorf("retried after %v, before the 1 s the server asked for", waited)
+	// The jittered backoff alone would be about a millisecond: a pause of
+	// exactly a second is only explained by Retry-After.
+	if got := waits.Delays(); len(got) != 1 || got[0] != time.Second {
+		t.Errorf("paused %v between tries, want [1s] as the server asked", got)
 	}
 	if calls.Load() != 2 {
 		t.Errorf("calls = %d", calls.Load())
+	}
+}
+
+// The real pause between tries waits its delay, and no longer than the
+// caller's context.
+func TestRetryWaitUsesATimerAndHonoursTheContext(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	if err := (retryPolicy{}).wait(context.Background(), 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 20*time.Millisecond {
+		t.Errorf("waited %v, want at least 20ms", waited)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := (retryPolicy{}).wait(ctx, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Errorf("wait on a cancelled context = %v, want context.Canceled", err)
 	}
 }
 

@@ -56,7 +56,7 @@ func (s *server) requestKeyRelease(ctx context.Context, vault string, key keyRef
 		return "", err
 	}
 	defer clear(body)
-	resp, _, err := doWithRetry(withSecrets(ctx, maaToken), s.client, "Key Vault", defaultRetry, s.log, func(ctx context.Context) (*http.Request, error) {
+	resp, _, err := doWithRetry(withSecrets(ctx, maaToken), s.client, "Key Vault", s.retry, s.log, func(ctx context.Context) (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 		if err != nil {
 			return nil, err

@@ -143,7 +143,7 @@ func (s *server) attestMAA(ctx context.Context, host string, ev *evidence, runti
 	u := url.URL{Scheme: "https", Host: host, Path: maaAttestPath, RawQuery: "api-version=" + maaAPIVersion}
 	target := u.String()
 	start := time.Now()
-	resp, _, err := doWithRetry(ctx, s.client, "MAA", defaultRetry, s.log, func(ctx context.Context) (*http.Request, error) {
+	resp, _, err := doWithRetry(ctx, s.client, "MAA", s.retry, s.log, func(ctx context.Context) (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 		if err != nil {
 			return nil, err

@@ -28,6 +28,7 @@ type serverOptions struct {
 	SecurityContextRoot string              // where security-context-* is looked for; "" = "/"
 	RequestTimeout      time.Duration       // overall deadline of one request; 0 = 30 s
 	IdentityTokenHosts  []string            // vault hosts besides *.vault.azure.net & co. that may get the identity's token
+	Retry               *retryPolicy        // retries of MAA, Key Vault and certificate calls; nil = defaultRetry
 }
 
 // server holds everything the handlers share.
@@ -36,6 +37,7 @@ type server struct {
 	log     *slog.Logger
 	getenv  func(string) string
 	timeout time.Duration
+	retry   retryPolicy // of MAA, Key Vault and certificate calls
 	started time.Time
 
 	tee    teeDevice // nil when there is no guest interface
@@ -51,7 +53,10 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, started: time.Now()}
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now()}
+	if opts.Retry != nil {
+		s.retry = *opts.Retry
+	}
 	if s.getenv == nil {
 		s.getenv = os.Getenv
 	}
@@ -80,6 +85,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
 	}
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
+	s.certs.retry = s.retry
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,
