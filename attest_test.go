@@ -285,13 +285,17 @@ func TestAttestConcurrentRequests(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			dev, thim := d.setup(t)
 			base, _ := startEvidenceServer(t, dev, thim, nil)
+			// One connection per request: no spare connection, dialled for a
+			// request that another connection served, holds up the
+			// server's shutdown.
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 			const n = 32
 			errs := make(chan error, n)
 			for i := range n {
 				go func() {
 					path := []string{"/attest/raw", "/attest/combined"}[i%2]
 					rd := []byte(fmt.Sprintf("request %d", i))
-					resp, err := http.Post(base+path, "application/json", strings.NewReader(fmt.Sprintf(`{"runtime_data":%q}`, base64.StdEncoding.EncodeToString(rd))))
+					resp, err := client.Post(base+path, "application/json", strings.NewReader(fmt.Sprintf(`{"runtime_data":%q}`, base64.StdEncoding.EncodeToString(rd))))
 					if err != nil {
 						errs <- err
 						return

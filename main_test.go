@@ -77,6 +77,10 @@ func startTestServer(t testing.TB, cfg serverConfig, opts serverOptions) (string
 	select {
 	case addr := <-ready:
 		t.Cleanup(func() {
+			// A connection the client dialled but never used (a race lost
+			// to a connection that came free) holds the server's shutdown
+			// for 5 s: net/http waits that long for its first request.
+			http.DefaultClient.CloseIdleConnections()
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("serve: %v", err)
