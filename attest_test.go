@@ -77,6 +77,7 @@ func writeFileB64(t testing.TB, dir, name string, content []byte) {
 }
 
 func TestAttestEndToEnd(t *testing.T) {
+	t.Parallel()
 	refInfo := []byte("\xd2\x84test COSE_Sign1 reference info")
 	for _, d := range evidenceDevices() {
 		t.Run(d.name, func(t *testing.T) {
@@ -167,6 +168,7 @@ func checkBinding(t *testing.T, rep *snpReport, runtimeData []byte, hostData [32
 // be handed out: the relying party would reject the bundle later, far from
 // the cause.
 func TestAttestCombinedRefusesCertificatesThatDoNotVerify(t *testing.T) {
+	t.Parallel()
 	signer, impostor := newTestVCEK(t, specNew), newTestVCEK(t, specNew)
 	dir := writeSecurityContext(t, testPolicy, thimJSON(t, impostor.cert, impostor.root.ask, impostor.root.ark, fmt.Sprintf("%016x", uint64(tcbNew))))
 	base, _ := startTestServer(t, serverConfig{}, serverOptions{
@@ -190,6 +192,7 @@ func TestAttestCombinedRefusesCertificatesThatDoNotVerify(t *testing.T) {
 // The certificate source is busy, then rate-limits: the server retries
 // through both (honouring Retry-After) and hands out the fresh chain.
 func TestAttestCombinedRefetchRetriesBusyKDS(t *testing.T) {
+	t.Parallel()
 	old, nw := newTestVCEK(t, specOld), newTestVCEK(t, specNew)
 	kds := newKDSStandIn(t)
 	kds.addVCEK(nw, specNew)
@@ -281,6 +284,7 @@ func BenchmarkAttestCombined(b *testing.B) {
 // Concurrent requests each get a report over their own runtime data: the
 // device is shared, the answers are not mixed up.
 func TestAttestConcurrentRequests(t *testing.T) {
+	t.Parallel()
 	for _, d := range evidenceDevices() {
 		t.Run(d.name, func(t *testing.T) {
 			dev, thim := d.setup(t)
@@ -349,6 +353,7 @@ func (stuckDevice) GetReport(ctx context.Context, _ [64]byte) ([]byte, error) {
 }
 
 func TestAttestDeviceTimeoutIs504(t *testing.T) {
+	t.Parallel()
 	base, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: stuckDevice{}, RequestTimeout: 100 * time.Millisecond})
 	for _, path := range []string{"/attest/raw", "/attest/combined"} {
 		status, out := call(t, "POST", base+path, `{"runtime_data":"YWJj"}`)

@@ -18,6 +18,7 @@ import (
 )
 
 func TestTCBLayouts(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		product snpProduct
 		tcb     uint64
@@ -48,6 +49,7 @@ func TestTCBLayouts(t *testing.T) {
 }
 
 func TestDERUint8(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		hex     string
 		want    uint8
@@ -77,6 +79,7 @@ func TestDERUint8(t *testing.T) {
 }
 
 func TestVCEKExtensionsHighSPLsAreDERIntegers(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specNew)
 	// The test must really carry 02 02 00 db, or it proves nothing about
 	// reading byte index 2.
@@ -102,6 +105,7 @@ func TestVCEKExtensionsHighSPLsAreDERIntegers(t *testing.T) {
 }
 
 func TestVCEKExtensionsTurin(t *testing.T) {
+	t.Parallel()
 	s := vcekSpec{product: productTurin, fmc: 1, bl: 5, tee: 0, snp: 0x16, ucode: 0x48}
 	v := newTestVCEK(t, s)
 	info, err := parseVCEKExtensions(v.cert)
@@ -121,6 +125,7 @@ func TestVCEKExtensionsTurin(t *testing.T) {
 }
 
 func TestVCEKExtensionsErrors(t *testing.T) {
+	t.Parallel()
 	octetHWID, _ := asn1.Marshal(testChipID[:])
 	tests := []struct {
 		name    string
@@ -165,6 +170,7 @@ func TestVCEKExtensionsErrors(t *testing.T) {
 }
 
 func TestKDSAndAzCacheURLs(t *testing.T) {
+	t.Parallel()
 	var chip [64]byte
 	for i := range chip {
 		chip[i] = byte(i)
@@ -191,6 +197,7 @@ func TestKDSAndAzCacheURLs(t *testing.T) {
 }
 
 func TestCertSourceConfig(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		cfg     certCacheConfig
@@ -238,6 +245,7 @@ func TestCertSourceConfig(t *testing.T) {
 }
 
 func TestReportProduct(t *testing.T) {
+	t.Parallel()
 	amd := &certProvider{src: &certSource{Kind: sourceAMD, Product: productGenoa}}
 	none := &certProvider{src: &certSource{Kind: sourceLocalTHIM}}
 	turinVCEK := &vcekInfo{Product: productTurin}
@@ -264,6 +272,7 @@ func TestReportProduct(t *testing.T) {
 }
 
 func TestParseTHIM(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specOld)
 	ask, ark := v.root.ask, v.root.ark
 	good := thimJSON(t, v.cert, ask, ark, "7308000000000003")
@@ -369,6 +378,7 @@ func FuzzParseTHIM(f *testing.F) {
 }
 
 func TestVerifyEvidence(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specNew)
 	good := func() (*snpReport, *platformCerts) {
 		return testReport(t, v, reportSpec{tcb: tcbNew, chipID: testChipID}), v.certs(tcbNew)
@@ -452,6 +462,7 @@ func newKDSFixture(t *testing.T) *kdsFixture {
 }
 
 func TestCertProviderUsesMatchingLocalCertificates(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	rep := testReport(t, f.old, reportSpec{tcb: tcbOld, chipID: testChipID})
 	for range 3 {
@@ -472,6 +483,7 @@ func TestCertProviderUsesMatchingLocalCertificates(t *testing.T) {
 }
 
 func TestCertProviderRefetchesFromKDSOnTCBMismatch(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	pc, err := f.p.forReport(context.Background(), f.rep)
 	if err != nil {
@@ -496,6 +508,7 @@ func TestCertProviderRefetchesFromKDSOnTCBMismatch(t *testing.T) {
 }
 
 func TestCertProviderRefetchesWhenLocalVCEKIsForAnotherChip(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	// Same TCB as the local certificates, but its VCEK names another chip.
 	otherChip := testChipID
@@ -512,6 +525,7 @@ func TestCertProviderRefetchesWhenLocalVCEKIsForAnotherChip(t *testing.T) {
 }
 
 func TestCertProviderTurinKDS(t *testing.T) {
+	t.Parallel()
 	spec := vcekSpec{product: productTurin, fmc: 1, bl: 5, snp: 0x16, ucode: 0x48}
 	v := newTestVCEK(t, spec)
 	kds := newKDSStandIn(t)
@@ -528,6 +542,7 @@ func TestCertProviderTurinKDS(t *testing.T) {
 }
 
 func TestCertProviderRetries(t *testing.T) {
+	t.Parallel()
 	t.Run("503 then success", func(t *testing.T) {
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 503, body: "busy"}}
@@ -609,6 +624,7 @@ func TestCertProviderRetries(t *testing.T) {
 }
 
 func TestCertProviderConcurrentRequestsShareOneFetch(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	f.kds.gate = make(chan struct{})
 	const n = 8
@@ -652,6 +668,7 @@ func TestCertProviderConcurrentRequestsShareOneFetch(t *testing.T) {
 }
 
 func TestCertProviderTHIM(t *testing.T) {
+	t.Parallel()
 	old, nw := newTestVCEK(t, specOld), newTestVCEK(t, specNew)
 	rep := testReport(t, nw, reportSpec{tcb: tcbNew, chipID: testChipID})
 	t.Run("fresh THIM matches", func(t *testing.T) {
@@ -705,6 +722,7 @@ func TestCertProviderTHIM(t *testing.T) {
 }
 
 func TestCertProviderAzCache(t *testing.T) {
+	t.Parallel()
 	nw := newTestVCEK(t, specNew)
 	rep := testReport(t, nw, reportSpec{tcb: tcbNew, chipID: testChipID})
 	t.Run("VCEK, ASK and ARK", func(t *testing.T) {
@@ -763,6 +781,7 @@ func TestCertProviderAzCache(t *testing.T) {
 }
 
 func TestCertProviderLocalSource(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specOld)
 	rep := testReport(t, v, reportSpec{tcb: tcbOld, chipID: testChipID})
 	t.Run("a context error is not remembered", func(t *testing.T) {
@@ -824,6 +843,7 @@ func TestCertProviderLocalSource(t *testing.T) {
 }
 
 func TestCertCacheIsBounded(t *testing.T) {
+	t.Parallel()
 	p := &certProvider{cache: map[certKey]*platformCerts{}}
 	for i := range certCacheEntries + 5 {
 		p.remember(certKey{tcb: uint64(i)}, &platformCerts{})
@@ -838,6 +858,7 @@ func TestCertCacheIsBounded(t *testing.T) {
 
 // The example in the README's configuration section must be what it says.
 func TestREADMEConfigExample(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Skipf("no README: %v", err)
@@ -874,6 +895,7 @@ func TestREADMEConfigExample(t *testing.T) {
 
 // A chain remembered as verified must not vouch for any other chain.
 func TestVerifiedChainMemoIsPerChain(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specNew)
 	other := testOtherRoot(t, productMilan)
 	rep := testReport(t, v, reportSpec{tcb: tcbNew, chipID: testChipID})

@@ -17,6 +17,7 @@ import (
 )
 
 func TestDecodeBase64AcceptsEveryVariant(t *testing.T) {
+	t.Parallel()
 	data := []byte{0xfb, 0xff, 0xfe, 0x01, 0x02} // has + / and - _ in its encodings
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		s := enc.EncodeToString(data)
@@ -28,6 +29,7 @@ func TestDecodeBase64AcceptsEveryVariant(t *testing.T) {
 }
 
 func TestDecodeBase64Rejects(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"a", "!!!!", "ab+_", "YW=Jj", "Y W J j"} {
 		if got, err := decodeBase64(s); err == nil {
 			t.Errorf("decodeBase64(%q) = %x, want an error", s, got)
@@ -36,6 +38,7 @@ func TestDecodeBase64Rejects(t *testing.T) {
 }
 
 func TestNormalizeEndpoint(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in, want string
 		ok       bool
@@ -71,6 +74,7 @@ func TestNormalizeEndpoint(t *testing.T) {
 }
 
 func TestDecodeRequestJSON(t *testing.T) {
+	t.Parallel()
 	var v attestRequest
 	tests := []struct {
 		body string
@@ -120,6 +124,7 @@ func FuzzDecodeAttestRequest(f *testing.F) {
 }
 
 func TestStatusFor(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		err  error
 		want int
@@ -141,6 +146,7 @@ func TestStatusFor(t *testing.T) {
 }
 
 func TestParseUpstreamError(t *testing.T) {
+	t.Parallel()
 	ue := parseUpstreamError("Key Vault", 404, []byte(`{"error":{"code":"KeyNotFound","message":"A key with (name/id) k1 was not found"}}`), nil)
 	if ue.Code != "KeyNotFound" || !strings.Contains(ue.Error(), "k1 was not found") || !strings.Contains(ue.Error(), "HTTP 404") {
 		t.Errorf("nested shape: %+v / %v", ue, ue)
@@ -156,6 +162,7 @@ func TestParseUpstreamError(t *testing.T) {
 }
 
 func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
 	tests := []struct {
 		in   string
@@ -202,6 +209,7 @@ func getter(url string) func(context.Context) (*http.Request, error) {
 }
 
 func TestDoWithRetry(t *testing.T) {
+	t.Parallel()
 	fast := retryPolicy{Attempts: 4, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond}
 	tests := []struct {
 		name      string
@@ -303,6 +311,7 @@ func TestRetryWaitUsesATimerAndHonoursTheContext(t *testing.T) {
 }
 
 func TestDoWithRetryStopsAtDeadline(t *testing.T) {
+	t.Parallel()
 	srv, _ := flakyServer(t, []int{503, 503, 503, 503, 503, 503}, http.Header{"Retry-After": {"30"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -314,6 +323,7 @@ func TestDoWithRetryStopsAtDeadline(t *testing.T) {
 }
 
 func TestDoWithRetryRetriesNetworkErrors(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.NotFoundHandler())
 	url := srv.URL
 	srv.Close() // connection refused from now on
@@ -325,6 +335,7 @@ func TestDoWithRetryRetriesNetworkErrors(t *testing.T) {
 }
 
 func TestBackoffIsBoundedAndJittered(t *testing.T) {
+	t.Parallel()
 	p := retryPolicy{BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second}
 	seen := map[time.Duration]bool{}
 	for attempt := 1; attempt <= 10; attempt++ {
@@ -345,6 +356,7 @@ func TestBackoffIsBoundedAndJittered(t *testing.T) {
 }
 
 func TestUpstreamErrorsNeverRepeatSecrets(t *testing.T) {
+	t.Parallel()
 	const bearer = "opaque-bearer-token-0123456789"
 	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL3gifQ.c2lnbmF0dXJl"
 	const extra = "client-assertion-material"

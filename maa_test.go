@@ -13,6 +13,7 @@ import (
 )
 
 func TestRuntimeDataType(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		`{"keys":[]}`:      maaDataJSON,
 		` [1,2] `:          maaDataJSON,
@@ -32,6 +33,7 @@ func TestRuntimeDataType(t *testing.T) {
 // TestBuildMAARequestShape decodes the request the way MAA does and checks
 // every name, casing and encoding.
 func TestBuildMAARequestShape(t *testing.T) {
+	t.Parallel()
 	report := bytes.Repeat([]byte{0xfb}, reportSize) // 0xfb.. encodes to - and _ in base64url
 	chain := []byte("-----BEGIN CERTIFICATE-----\nVCEK\n-----END CERTIFICATE-----\n")
 	runtime := []byte(`{"keys":[{"kty":"RSA","kid":"k"}]}`)
@@ -114,6 +116,7 @@ func TestBuildMAARequestShape(t *testing.T) {
 }
 
 func TestParseMAAResponse(t *testing.T) {
+	t.Parallel()
 	key := standInRSAKey(t, rsaMAASigner)
 	exp := time.Now().Add(8 * time.Hour).Unix()
 	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT"}, standInJSON(map[string]any{"exp": exp}), key, "RS256")
@@ -136,6 +139,7 @@ func attestMAABody(endpoint string, runtime []byte) string {
 }
 
 func TestAttestMAAEndToEnd(t *testing.T) {
+	t.Parallel()
 	for _, device := range []string{deviceEmulator, deviceFakeGuest} {
 		t.Run(device, func(t *testing.T) {
 			e := newReleaseEnv(t, releaseEnvOpts{device: device})
@@ -201,6 +205,7 @@ func verifyStandInToken(t *testing.T, m *maaStandIn, tok string) map[string]any 
 }
 
 func TestAttestMAAUserAgentFromArgs(t *testing.T) {
+	t.Parallel()
 	args := &SkrSideCarArgs{}
 	args.MAAConfig.UserAgent = "contoso-app/1.2"
 	e := newReleaseEnv(t, releaseEnvOpts{args: args})
@@ -216,6 +221,7 @@ func TestAttestMAAUserAgentFromArgs(t *testing.T) {
 }
 
 func TestAttestMAABadInputs(t *testing.T) {
+	t.Parallel()
 	e := newReleaseEnv(t, releaseEnvOpts{})
 	rt := base64.StdEncoding.EncodeToString([]byte(`{}`))
 	for name, body := range map[string]string{
@@ -305,6 +311,7 @@ func TestAttestMAAFailures(t *testing.T) {
 }
 
 func TestAttestMAAEmptyToken(t *testing.T) {
+	t.Parallel()
 	for name, answer := range map[string]string{"empty token": `{"token":""}`, "no token": `{}`, "garbage": `<html>`} {
 		t.Run(name, func(t *testing.T) {
 			srv, host := startTLSStandIn(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

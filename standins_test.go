@@ -1120,6 +1120,7 @@ func postJSON(t *testing.T, client *http.Client, url string, header http.Header,
 }
 
 func TestMAAStandInRefuses(t *testing.T) {
+	t.Parallel()
 	tee, certs, _ := releaseTestDevice(t, deviceEmulator)
 	m := newMAAStandIn(t, certs.ARK)
 	client := getStandInPKI().client()
@@ -1180,6 +1181,7 @@ func TestMAAStandInRefuses(t *testing.T) {
 }
 
 func TestKVStandInRefuses(t *testing.T) {
+	t.Parallel()
 	e := newReleaseEnv(t, releaseEnvOpts{})
 	client := getStandInPKI().client()
 	wk, err := wrappingKeyFrom(standInRSAKey(t, rsaOther))
