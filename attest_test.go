@@ -341,6 +341,39 @@ func TestAttestConcurrentRequests(t *testing.T) {
 	}
 }
 
+// otherReportDataDevice answers every request with a genuine report over
+// other REPORT_DATA than the one asked for, as a device replaying an older
+// report, or answering another caller's request, would. It keeps the
+// emulator's certificates, so that nothing is fetched.
+type otherReportDataDevice struct {
+	teeDevice
+	platformCertSource
+}
+
+func (d otherReportDataDevice) GetReport(ctx context.Context, reportData [64]byte) ([]byte, error) {
+	reportData[0] ^= 1
+	return d.teeDevice.GetReport(ctx, reportData)
+}
+
+// A report that is not over the REPORT_DATA asked for is never handed out.
+// Guards rawReport's comparison of the device's answer with its request.
+func TestAttestRefusesReportOverOtherReportData(t *testing.T) {
+	t.Parallel()
+	emulator := newTestEmulator(t, testPolicy)
+	dev := otherReportDataDevice{emulator, emulator.(platformCertSource)}
+	base, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: dev})
+	for _, path := range []string{"/attest/raw", "/attest/combined"} {
+		status, out := call(t, "POST", base+path, `{"runtime_data":"aGVsbG8="}`)
+		msg, _ := out["error"].(string)
+		if status != http.StatusInternalServerError || !strings.Contains(msg, "REPORT_DATA") {
+			t.Errorf("%s = %d, error %q; want 500 saying the REPORT_DATA is not the one asked for", path, status, msg)
+		}
+		if out["report"] != nil || out["evidence"] != nil {
+			t.Errorf("%s handed out a report over other REPORT_DATA", path)
+		}
+	}
+}
+
 // stuckDevice never answers before the caller's deadline, as a paced
 // /dev/sev-guest or an emulator still making its keys may not.
 type stuckDevice struct{}
