@@ -544,6 +544,7 @@ func TestCertProviderTurinKDS(t *testing.T) {
 func TestCertProviderRetries(t *testing.T) {
 	t.Parallel()
 	t.Run("503 then success", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 503, body: "busy"}}
 		if _, err := f.p.forReport(context.Background(), f.rep); err != nil {
@@ -554,6 +555,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("429 with Retry-After", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 429, retryAfter: "1", body: "slow down"}}
 		retry, waits := recordedRetry(f.p.retry)
@@ -571,6 +573,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("final 404", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 404, body: "no such VCEK"}}
 		_, err := f.p.forReport(context.Background(), f.rep)
@@ -582,6 +585,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("503 every time", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		for range 10 {
 			f.kds.script = append(f.kds.script, scriptedAnswer{status: 503})
@@ -595,6 +599,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("garbage", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 200, body: "<html>not a certificate</html>"}}
 		_, err := f.p.forReport(context.Background(), f.rep)
@@ -603,6 +608,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("unknown TCB is a 404 from KDS", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		rep := testReport(t, f.new, reportSpec{tcb: 0xdb18000000000005, chipID: testChipID})
 		_, err := f.p.forReport(context.Background(), rep)
@@ -611,6 +617,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("timeout is 504", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.hang = true
 		f.p.timeout = 300 * time.Millisecond // the shared fetch gives up soon after the caller
