@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -54,12 +55,54 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, statusFor(err), map[string]string{"error": err.Error()})
 }
 
+// jsonEndpoint is what sets one JSON endpoint apart from the others; the
+// rest (deadline, answer, error status) is serveJSON's.
+type jsonEndpoint[Req any] struct {
+	// decode reads and checks the request. Its failures are the caller's
+	// mistakes: answered, not logged.
+	decode func(*http.Request) (Req, error)
+	// call does the work under the request deadline and returns the JSON
+	// answer, or the step that failed (for the log) and why.
+	call func(ctx context.Context, req Req) (resp any, step string, err error)
+	// logOutcome logs how call ended; err is nil on success.
+	logOutcome func(req Req, step string, elapsed time.Duration, err error)
+}
+
+// serveJSON answers one request to endpoint e.
+func serveJSON[Req any](s *server, w http.ResponseWriter, r *http.Request, e jsonEndpoint[Req]) {
+	req, err := e.decode(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	defer cancel()
+	start := time.Now()
+	resp, step, err := e.call(ctx, req)
+	e.logOutcome(req, step, time.Since(start).Round(time.Microsecond), err)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// logFailures is a logOutcome for endpoints that log only their failures,
+// as msg with the error.
+func logFailures[Req any](log *slog.Logger, msg string) func(Req, string, time.Duration, error) {
+	return func(_ Req, _ string, _ time.Duration, err error) {
+		if err != nil {
+			log.Warn(msg, "err", err)
+		}
+	}
+}
+
 // decodeBody reads a bounded JSON request body into v. Unknown fields are
 // ignored, as the contract says; trailing data after the object is not.
 func decodeBody(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBody+1))
+	body, err := readRequestBody(r)
 	if err != nil {
-		return newError(kindInvalid, err, "read request body")
+		return err
 	}
 	return decodeRequestJSON(body, v)
 }

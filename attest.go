@@ -84,20 +84,17 @@ func decodeAttestRequest(r *http.Request) ([]byte, error) {
 }
 
 func (s *server) handleAttestRaw(w http.ResponseWriter, r *http.Request) {
-	rd, err := decodeAttestRequest(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-	defer cancel()
-	raw, _, err := s.rawReport(ctx, rd)
-	if err != nil {
-		s.log.Warn("attest/raw failed", "err", err)
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"report": hex.EncodeToString(raw)})
+	serveJSON(s, w, r, jsonEndpoint[[]byte]{
+		decode: decodeAttestRequest,
+		call: func(ctx context.Context, runtimeData []byte) (any, string, error) {
+			raw, _, err := s.rawReport(ctx, runtimeData)
+			if err != nil {
+				return nil, "", err
+			}
+			return map[string]string{"report": hex.EncodeToString(raw)}, "", nil
+		},
+		logOutcome: logFailures[[]byte](s.log, "attest/raw failed"),
+	})
 }
 
 type combinedResponse struct {
@@ -108,24 +105,21 @@ type combinedResponse struct {
 }
 
 func (s *server) handleAttestCombined(w http.ResponseWriter, r *http.Request) {
-	rd, err := decodeAttestRequest(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-	defer cancel()
-	ev, err := s.evidence(ctx, rd)
-	if err != nil {
-		s.log.Warn("attest/combined failed", "err", err)
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, combinedResponse{
-		EndorsedTCB:     fmt.Sprintf("%016x", ev.Certs.TCB),
-		Endorsements:    base64.StdEncoding.EncodeToString(ev.Certs.ChainPEM),
-		Evidence:        base64.StdEncoding.EncodeToString(ev.Report),
-		UVMEndorsements: base64.StdEncoding.EncodeToString(ev.UVMReferenceInfo),
+	serveJSON(s, w, r, jsonEndpoint[[]byte]{
+		decode: decodeAttestRequest,
+		call: func(ctx context.Context, runtimeData []byte) (any, string, error) {
+			ev, err := s.evidence(ctx, runtimeData)
+			if err != nil {
+				return nil, "", err
+			}
+			return combinedResponse{
+				EndorsedTCB:     fmt.Sprintf("%016x", ev.Certs.TCB),
+				Endorsements:    base64.StdEncoding.EncodeToString(ev.Certs.ChainPEM),
+				Evidence:        base64.StdEncoding.EncodeToString(ev.Report),
+				UVMEndorsements: base64.StdEncoding.EncodeToString(ev.UVMReferenceInfo),
+			}, "", nil
+		},
+		logOutcome: logFailures[[]byte](s.log, "attest/combined failed"),
 	})
 }
 
@@ -134,37 +128,49 @@ type maaAttestRequest struct {
 	RuntimeData string `json:"runtime_data"`
 }
 
-func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
+// maaAttestParams is a validated /attest/maa request.
+type maaAttestParams struct {
+	Host        string
+	RuntimeData []byte
+}
+
+// decodeMAAAttestRequest parses and validates the body of /attest/maa.
+func decodeMAAAttestRequest(r *http.Request) (maaAttestParams, error) {
 	var req maaAttestRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
-		return
+		return maaAttestParams{}, err
 	}
 	host, err := normalizeEndpoint("maa_endpoint", req.MAAEndpoint)
 	if err != nil {
-		writeError(w, err)
-		return
+		return maaAttestParams{}, err
 	}
 	runtimeData, err := requiredBase64("runtime_data", req.RuntimeData)
 	if err != nil {
-		writeError(w, err)
-		return
+		return maaAttestParams{}, err
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-	defer cancel()
-	start := time.Now()
-	ev, err := s.evidence(ctx, runtimeData)
-	if err != nil {
-		s.log.Warn("attest/maa failed", "step", "evidence", "maa_endpoint", host, "err", err)
-		writeError(w, err)
-		return
-	}
-	tok, err := s.attestMAA(ctx, host, ev, runtimeData)
-	if err != nil {
-		s.log.Warn("attest/maa failed", "step", "MAA", "maa_endpoint", host, "err", err)
-		writeError(w, err)
-		return
-	}
-	s.log.Info("MAA token issued", "maa_endpoint", host, "duration", time.Since(start).Round(time.Microsecond))
-	writeJSON(w, http.StatusOK, map[string]string{"token": tok.Token})
+	return maaAttestParams{Host: host, RuntimeData: runtimeData}, nil
+}
+
+func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
+	serveJSON(s, w, r, jsonEndpoint[maaAttestParams]{
+		decode: decodeMAAAttestRequest,
+		call: func(ctx context.Context, p maaAttestParams) (any, string, error) {
+			ev, err := s.evidence(ctx, p.RuntimeData)
+			if err != nil {
+				return nil, "evidence", err
+			}
+			tok, err := s.attestMAA(ctx, p.Host, ev, p.RuntimeData)
+			if err != nil {
+				return nil, "MAA", err
+			}
+			return map[string]string{"token": tok.Token}, "", nil
+		},
+		logOutcome: func(p maaAttestParams, step string, elapsed time.Duration, err error) {
+			if err != nil {
+				s.log.Warn("attest/maa failed", "step", step, "maa_endpoint", p.Host, "err", err)
+				return
+			}
+			s.log.Info("MAA token issued", "maa_endpoint", p.Host, "duration", elapsed)
+		},
+	})
 }

@@ -77,6 +77,7 @@ func writeFileB64(t testing.TB, dir, name string, content []byte) {
 }
 
 func TestAttestEndToEnd(t *testing.T) {
+	t.Parallel()
 	refInfo := []byte("\xd2\x84test COSE_Sign1 reference info")
 	for _, d := range evidenceDevices() {
 		t.Run(d.name, func(t *testing.T) {
@@ -167,6 +168,7 @@ func checkBinding(t *testing.T, rep *snpReport, runtimeData []byte, hostData [32
 // be handed out: the relying party would reject the bundle later, far from
 // the cause.
 func TestAttestCombinedRefusesCertificatesThatDoNotVerify(t *testing.T) {
+	t.Parallel()
 	signer, impostor := newTestVCEK(t, specNew), newTestVCEK(t, specNew)
 	dir := writeSecurityContext(t, testPolicy, thimJSON(t, impostor.cert, impostor.root.ask, impostor.root.ark, fmt.Sprintf("%016x", uint64(tcbNew))))
 	base, _ := startTestServer(t, serverConfig{}, serverOptions{
@@ -190,18 +192,20 @@ func TestAttestCombinedRefusesCertificatesThatDoNotVerify(t *testing.T) {
 // The certificate source is busy, then rate-limits: the server retries
 // through both (honouring Retry-After) and hands out the fresh chain.
 func TestAttestCombinedRefetchRetriesBusyKDS(t *testing.T) {
+	t.Parallel()
 	old, nw := newTestVCEK(t, specOld), newTestVCEK(t, specNew)
 	kds := newKDSStandIn(t)
 	kds.addVCEK(nw, specNew)
 	kds.script = []scriptedAnswer{{status: 503, body: "busy"}, {status: 429, retryAfter: "1", body: "slow down"}}
 	dir := writeSecurityContext(t, testPolicy, thimJSON(t, old.cert, old.root.ask, old.root.ark, "7308000000000003"))
 	cfg := serverConfig{Args: &SkrSideCarArgs{CertCache: certCacheConfig{EndpointType: "AMD", Endpoint: kds.host()}}}
+	retry, waits := recordedRetry(defaultRetry)
 	base, logs := startTestServer(t, cfg, serverOptions{
 		TEE:    &signingDevice{v: nw, tcb: tcbNew},
 		Roots:  trustPool(kds.srv),
 		Getenv: envOf(map[string]string{"UVM_SECURITY_CONTEXT_DIR": dir}),
+		Retry:  retry,
 	})
-	start := time.Now()
 	status, body := call(t, "POST", base+"/attest/combined", `{"runtime_data":"aGVsbG8"}`)
 	if status != 200 {
 		t.Fatalf("status %d %v\n%s", status, body, logs)
@@ -212,8 +216,11 @@ func TestAttestCombinedRefetchRetriesBusyKDS(t *testing.T) {
 	if n := kds.callsOf("vcek"); n != 3 {
 		t.Errorf("VCEK requests = %d, want 3 (503, 429, 200)", n)
 	}
-	if waited := time.Since(start); waited < 900*time.Millisecond {
-		t.Errorf("answered after %v: the 429's Retry-After: 1 was not honoured", waited)
+	// The production backoff after the 503, then exactly what the 429 asked.
+	got := waits.Delays()
+	if len(got) != 2 || got[0] < defaultRetry.BaseDelay/2 || got[0] > defaultRetry.BaseDelay || got[1] != time.Second {
+		t.Errorf("paused %v between tries, want a backoff of %v to %v, then the 429's Retry-After: 1s",
+			got, defaultRetry.BaseDelay/2, defaultRetry.BaseDelay)
 	}
 }
 
@@ -277,17 +284,22 @@ func BenchmarkAttestCombined(b *testing.B) {
 // Concurrent requests each get a report over their own runtime data: the
 // device is shared, the answers are not mixed up.
 func TestAttestConcurrentRequests(t *testing.T) {
+	t.Parallel()
 	for _, d := range evidenceDevices() {
 		t.Run(d.name, func(t *testing.T) {
 			dev, thim := d.setup(t)
 			base, _ := startEvidenceServer(t, dev, thim, nil)
+			// One connection per request: no spare connection, dialled for a
+			// request that another connection served, holds up the
+			// server's shutdown.
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 			const n = 32
 			errs := make(chan error, n)
 			for i := range n {
 				go func() {
 					path := []string{"/attest/raw", "/attest/combined"}[i%2]
 					rd := []byte(fmt.Sprintf("request %d", i))
-					resp, err := http.Post(base+path, "application/json", strings.NewReader(fmt.Sprintf(`{"runtime_data":%q}`, base64.StdEncoding.EncodeToString(rd))))
+					resp, err := client.Post(base+path, "application/json", strings.NewReader(fmt.Sprintf(`{"runtime_data":%q}`, base64.StdEncoding.EncodeToString(rd))))
 					if err != nil {
 						errs <- err
 						return
@@ -329,6 +341,39 @@ func TestAttestConcurrentRequests(t *testing.T) {
 	}
 }
 
+// otherReportDataDevice answers every request with a genuine report over
+// other REPORT_DATA than the one asked for, as a device replaying an older
+// report, or answering another caller's request, would. It keeps the
+// emulator's certificates, so that nothing is fetched.
+type otherReportDataDevice struct {
+	teeDevice
+	platformCertSource
+}
+
+func (d otherReportDataDevice) GetReport(ctx context.Context, reportData [64]byte) ([]byte, error) {
+	reportData[0] ^= 1
+	return d.teeDevice.GetReport(ctx, reportData)
+}
+
+// A report that is not over the REPORT_DATA asked for is never handed out.
+// Guards rawReport's comparison of the device's answer with its request.
+func TestAttestRefusesReportOverOtherReportData(t *testing.T) {
+	t.Parallel()
+	emulator := newTestEmulator(t, testPolicy)
+	dev := otherReportDataDevice{emulator, emulator.(platformCertSource)}
+	base, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: dev})
+	for _, path := range []string{"/attest/raw", "/attest/combined"} {
+		status, out := call(t, "POST", base+path, `{"runtime_data":"aGVsbG8="}`)
+		msg, _ := out["error"].(string)
+		if status != http.StatusInternalServerError || !strings.Contains(msg, "REPORT_DATA") {
+			t.Errorf("%s = %d, error %q; want 500 saying the REPORT_DATA is not the one asked for", path, status, msg)
+		}
+		if out["report"] != nil || out["evidence"] != nil {
+			t.Errorf("%s handed out a report over other REPORT_DATA", path)
+		}
+	}
+}
+
 // stuckDevice never answers before the caller's deadline, as a paced
 // /dev/sev-guest or an emulator still making its keys may not.
 type stuckDevice struct{}
@@ -341,6 +386,7 @@ func (stuckDevice) GetReport(ctx context.Context, _ [64]byte) ([]byte, error) {
 }
 
 func TestAttestDeviceTimeoutIs504(t *testing.T) {
+	t.Parallel()
 	base, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: stuckDevice{}, RequestTimeout: 100 * time.Millisecond})
 	for _, path := range []string{"/attest/raw", "/attest/combined"} {
 		status, out := call(t, "POST", base+path, `{"runtime_data":"YWJj"}`)

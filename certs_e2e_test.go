@@ -56,6 +56,7 @@ func combinedAnswer(t *testing.T, body map[string]any) (tcb string, certs []byte
 }
 
 func TestAttestCombinedRefetchesCertificatesOnTCBMismatch(t *testing.T) {
+	t.Parallel()
 	old, nw := newTestVCEK(t, specOld), newTestVCEK(t, specNew)
 	kds := newKDSStandIn(t)
 	kds.addVCEK(nw, specNew)
@@ -105,6 +106,7 @@ func TestAttestCombinedRefetchesCertificatesOnTCBMismatch(t *testing.T) {
 }
 
 func TestAttestCombinedFailsWhenNoSourceHasTheTCB(t *testing.T) {
+	t.Parallel()
 	old, nw := newTestVCEK(t, specOld), newTestVCEK(t, specNew)
 	// THIM, the default source, still serves the old certificates.
 	thim := newTHIMStandIn(t, thimJSON(t, old.cert, old.root.ask, old.root.ark, "7308000000000003"))
@@ -129,6 +131,7 @@ func TestAttestCombinedFailsWhenNoSourceHasTheTCB(t *testing.T) {
 // its reports come through go-sev-guest's client code and are signed by
 // go-sev-guest's test chain, which KDS (the stand-in) serves.
 func TestAttestCombinedRefetchWithFakeSevGuest(t *testing.T) {
+	t.Parallel()
 	dev, fake := newFakeSevGuest(t)
 	if fakeSevGuestHWID != testChipID {
 		t.Fatal("the fake device's CHIP_ID is not testChipID: register its VCEK under its own hwid")

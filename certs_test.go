@@ -19,6 +19,7 @@ import (
 )
 
 func TestTCBLayouts(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		product snpProduct
 		tcb     uint64
@@ -49,6 +50,7 @@ func TestTCBLayouts(t *testing.T) {
 }
 
 func TestDERUint8(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		hex     string
 		want    uint8
@@ -78,6 +80,7 @@ func TestDERUint8(t *testing.T) {
 }
 
 func TestVCEKExtensionsHighSPLsAreDERIntegers(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specNew)
 	// The test must really carry 02 02 00 db, or it proves nothing about
 	// reading byte index 2.
@@ -103,6 +106,7 @@ func TestVCEKExtensionsHighSPLsAreDERIntegers(t *testing.T) {
 }
 
 func TestVCEKExtensionsTurin(t *testing.T) {
+	t.Parallel()
 	s := vcekSpec{product: productTurin, fmc: 1, bl: 5, tee: 0, snp: 0x16, ucode: 0x48}
 	v := newTestVCEK(t, s)
 	info, err := parseVCEKExtensions(v.cert)
@@ -122,6 +126,7 @@ func TestVCEKExtensionsTurin(t *testing.T) {
 }
 
 func TestVCEKExtensionsErrors(t *testing.T) {
+	t.Parallel()
 	octetHWID, _ := asn1.Marshal(testChipID[:])
 	tests := []struct {
 		name    string
@@ -166,6 +171,7 @@ func TestVCEKExtensionsErrors(t *testing.T) {
 }
 
 func TestKDSAndAzCacheURLs(t *testing.T) {
+	t.Parallel()
 	var chip [64]byte
 	for i := range chip {
 		chip[i] = byte(i)
@@ -192,6 +198,7 @@ func TestKDSAndAzCacheURLs(t *testing.T) {
 }
 
 func TestCertSourceConfig(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		cfg     certCacheConfig
@@ -239,6 +246,7 @@ func TestCertSourceConfig(t *testing.T) {
 }
 
 func TestReportProduct(t *testing.T) {
+	t.Parallel()
 	amd := &certProvider{src: &certSource{Kind: sourceAMD, Product: productGenoa}}
 	none := &certProvider{src: &certSource{Kind: sourceLocalTHIM}}
 	turinVCEK := &vcekInfo{Product: productTurin}
@@ -265,6 +273,7 @@ func TestReportProduct(t *testing.T) {
 }
 
 func TestParseTHIM(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specOld)
 	ask, ark := v.root.ask, v.root.ark
 	good := thimJSON(t, v.cert, ask, ark, "7308000000000003")
@@ -370,6 +379,7 @@ func FuzzParseTHIM(f *testing.F) {
 }
 
 func TestVerifyEvidence(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specNew)
 	good := func() (*snpReport, *platformCerts) {
 		return testReport(t, v, reportSpec{tcb: tcbNew, chipID: testChipID}), v.certs(tcbNew)
@@ -453,6 +463,7 @@ func newKDSFixture(t *testing.T) *kdsFixture {
 }
 
 func TestCertProviderUsesMatchingLocalCertificates(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	rep := testReport(t, f.old, reportSpec{tcb: tcbOld, chipID: testChipID})
 	for range 3 {
@@ -473,6 +484,7 @@ func TestCertProviderUsesMatchingLocalCertificates(t *testing.T) {
 }
 
 func TestCertProviderRefetchesFromKDSOnTCBMismatch(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	pc, err := f.p.forReport(context.Background(), f.rep)
 	if err != nil {
@@ -497,6 +509,7 @@ func TestCertProviderRefetchesFromKDSOnTCBMismatch(t *testing.T) {
 }
 
 func TestCertProviderRefetchesWhenLocalVCEKIsForAnotherChip(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	// Same TCB as the local certificates, but its VCEK names another chip.
 	otherChip := testChipID
@@ -513,6 +526,7 @@ func TestCertProviderRefetchesWhenLocalVCEKIsForAnotherChip(t *testing.T) {
 }
 
 func TestCertProviderTurinKDS(t *testing.T) {
+	t.Parallel()
 	spec := vcekSpec{product: productTurin, fmc: 1, bl: 5, snp: 0x16, ucode: 0x48}
 	v := newTestVCEK(t, spec)
 	kds := newKDSStandIn(t)
@@ -529,7 +543,9 @@ func TestCertProviderTurinKDS(t *testing.T) {
 }
 
 func TestCertProviderRetries(t *testing.T) {
+	t.Parallel()
 	t.Run("503 then success", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 503, body: "busy"}}
 		if _, err := f.p.forReport(context.Background(), f.rep); err != nil {
@@ -540,9 +556,11 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("429 with Retry-After", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 429, retryAfter: "1", body: "slow down"}}
-		start := time.Now()
+		retry, waits := recordedRetry(f.p.retry)
+		f.p.retry = *retry
 		if _, err := f.p.forReport(context.Background(), f.rep); err != nil {
 			t.Fatal(err)
 		}
@@ -550,12 +568,13 @@ func TestCertProviderRetries(t *testing.T) {
 			t.Fatalf("vcek calls = %d, want 2", n)
 		}
 		// The test policy's own backoff is a millisecond: only the
-		// server's Retry-After explains a second's wait.
-		if d := time.Since(start); d < 900*time.Millisecond {
-			t.Fatalf("retried after %v: Retry-After: 1 was not honoured", d)
+		// server's Retry-After explains a pause of a second.
+		if got := waits.Delays(); len(got) != 1 || got[0] != time.Second {
+			t.Fatalf("paused %v between tries: Retry-After: 1 was not honoured", got)
 		}
 	})
 	t.Run("final 404", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 404, body: "no such VCEK"}}
 		_, err := f.p.forReport(context.Background(), f.rep)
@@ -567,6 +586,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("503 every time", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		for range 10 {
 			f.kds.script = append(f.kds.script, scriptedAnswer{status: 503})
@@ -580,6 +600,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("garbage", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.script = []scriptedAnswer{{status: 200, body: "<html>not a certificate</html>"}}
 		_, err := f.p.forReport(context.Background(), f.rep)
@@ -588,6 +609,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("unknown TCB is a 404 from KDS", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		rep := testReport(t, f.new, reportSpec{tcb: 0xdb18000000000005, chipID: testChipID})
 		_, err := f.p.forReport(context.Background(), rep)
@@ -596,6 +618,7 @@ func TestCertProviderRetries(t *testing.T) {
 		}
 	})
 	t.Run("timeout is 504", func(t *testing.T) {
+		t.Parallel()
 		f := newKDSFixture(t)
 		f.kds.hang = true
 		f.p.fetches.timeout = 300 * time.Millisecond // the shared fetch gives up soon after the caller
@@ -609,6 +632,7 @@ func TestCertProviderRetries(t *testing.T) {
 }
 
 func TestCertProviderConcurrentRequestsShareOneFetch(t *testing.T) {
+	t.Parallel()
 	f := newKDSFixture(t)
 	f.kds.gate = make(chan struct{})
 	const n = 8
@@ -642,6 +666,7 @@ func TestCertProviderConcurrentRequestsShareOneFetch(t *testing.T) {
 }
 
 func TestCertProviderTHIM(t *testing.T) {
+	t.Parallel()
 	old, nw := newTestVCEK(t, specOld), newTestVCEK(t, specNew)
 	rep := testReport(t, nw, reportSpec{tcb: tcbNew, chipID: testChipID})
 	t.Run("fresh THIM matches", func(t *testing.T) {
@@ -695,6 +720,7 @@ func TestCertProviderTHIM(t *testing.T) {
 }
 
 func TestCertProviderAzCache(t *testing.T) {
+	t.Parallel()
 	nw := newTestVCEK(t, specNew)
 	rep := testReport(t, nw, reportSpec{tcb: tcbNew, chipID: testChipID})
 	t.Run("VCEK, ASK and ARK", func(t *testing.T) {
@@ -753,6 +779,7 @@ func TestCertProviderAzCache(t *testing.T) {
 }
 
 func TestCertProviderLocalSource(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specOld)
 	rep := testReport(t, v, reportSpec{tcb: tcbOld, chipID: testChipID})
 	t.Run("a context error is not remembered", func(t *testing.T) {
@@ -813,6 +840,7 @@ func TestCertProviderLocalSource(t *testing.T) {
 }
 
 func TestCertCacheIsBounded(t *testing.T) {
+	t.Parallel()
 	p := &certProvider{cache: map[certKey]*platformCerts{}}
 	for i := range certCacheEntries + 5 {
 		p.remember(certKey{tcb: uint64(i)}, &platformCerts{})
@@ -827,6 +855,7 @@ func TestCertCacheIsBounded(t *testing.T) {
 
 // The example in the README's configuration section must be what it says.
 func TestREADMEConfigExample(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Skipf("no README: %v", err)
@@ -863,6 +892,7 @@ func TestREADMEConfigExample(t *testing.T) {
 
 // A chain remembered as verified must not vouch for any other chain.
 func TestVerifiedChainMemoIsPerChain(t *testing.T) {
+	t.Parallel()
 	v := newTestVCEK(t, specNew)
 	other := testOtherRoot(t, productMilan)
 	rep := testReport(t, v, reportSpec{tcb: tcbNew, chipID: testChipID})

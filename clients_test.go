@@ -95,6 +95,7 @@ func readOut(t *testing.T, dir, name string, mode os.FileMode) string {
 }
 
 func TestAttestClientRawAndCombined(t *testing.T) {
+	t.Parallel()
 	sc, addr := newSidecarStandIn(t, http.StatusOK)
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
@@ -120,6 +121,7 @@ func TestAttestClientRawAndCombined(t *testing.T) {
 }
 
 func TestAttestClientMAAFromPositionalArguments(t *testing.T) {
+	t.Parallel()
 	sc, addr := newSidecarStandIn(t, http.StatusOK)
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
@@ -143,6 +145,7 @@ func TestAttestClientMAAFromPositionalArguments(t *testing.T) {
 }
 
 func TestReleaseClientWritesKeyPrivatelyAndNeverPrintsIt(t *testing.T) {
+	t.Parallel()
 	for _, akvEnv := range []string{envReleaseAKV, envReleaseMHSM} {
 		t.Run(akvEnv, func(t *testing.T) {
 			sc, addr := newSidecarStandIn(t, http.StatusOK)
@@ -173,6 +176,7 @@ func TestReleaseClientWritesKeyPrivatelyAndNeverPrintsIt(t *testing.T) {
 }
 
 func TestReleaseClientPositionalArguments(t *testing.T) {
+	t.Parallel()
 	sc, addr := newSidecarStandIn(t, http.StatusOK)
 	var stdout, stderr bytes.Buffer
 	code := releaseClientMain([]string{"-once", "-addr", addr, "-out", t.TempDir(), "maa.example", "kv.example", "k1"}, &stdout, &stderr, envMap(nil))
@@ -188,6 +192,7 @@ func TestReleaseClientPositionalArguments(t *testing.T) {
 // A failing sidecar makes -once exit 1, and its error answer is kept in
 // the .out file, as curl > FILE kept it.
 func TestClientsOnceFailure(t *testing.T) {
+	t.Parallel()
 	_, addr := newSidecarStandIn(t, http.StatusServiceUnavailable)
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
@@ -265,6 +270,7 @@ func TestClientsDispatch(t *testing.T) {
 }
 
 func TestWriteFileAtomicReplaces(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "x.out")
 	for _, content := range []string{"first", "second"} {
@@ -306,6 +312,7 @@ func mapsEqual(a, b map[string]string) bool {
 // The attestation client against the real server with the emulator: the
 // files hold a report bound to the runtime data and its certificates.
 func TestAttestClientAgainstEmulatedServer(t *testing.T) {
+	t.Parallel()
 	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{})
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
@@ -345,7 +352,10 @@ func TestAttestClientAgainstEmulatedServer(t *testing.T) {
 // The release client against the real server when the release cannot
 // succeed: exit 1, and the server's error answer kept in keyrelease.out.
 func TestReleaseClientAgainstServerFailure(t *testing.T) {
-	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{})
+	t.Parallel()
+	// The test emulator, whose keys are made once per run: this test is
+	// about the client's handling of a failure, not the emulator.
+	base, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: newTestEmulator(t, nil)})
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	code := releaseClientMain([]string{"-once", "-addr", base, "-out", out, "127.0.0.1:1", "127.0.0.1:1", "k1"}, &stdout, &stderr, envMap(nil))

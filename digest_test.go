@@ -20,6 +20,7 @@ func runCmd(t *testing.T, argv ...string) (code int, stdout, stderr string) {
 }
 
 func TestDigestVectors(t *testing.T) {
+	t.Parallel()
 	// sha256("") and sha256("abc") are the FIPS 180-2 vectors.
 	abc := base64.StdEncoding.EncodeToString([]byte("abc"))
 	dir := t.TempDir()
@@ -47,6 +48,7 @@ func TestDigestVectors(t *testing.T) {
 }
 
 func TestDigestVerbosePrintsPolicyToStderrOnly(t *testing.T) {
+	t.Parallel()
 	b64 := base64.StdEncoding.EncodeToString([]byte("package policy\n"))
 	code, out, errOut := runCmd(t, "skr", "digest", "-v", "-p", b64)
 	if code != 0 {
@@ -63,6 +65,7 @@ func TestDigestVerbosePrintsPolicyToStderrOnly(t *testing.T) {
 // The digest of the real ACI policy is the HOST_DATA of the real report
 // taken in that container group.
 func TestDigestMatchesRealReportHostData(t *testing.T) {
+	t.Parallel()
 	readSharedTestdata(t, "uvm_security_policy.base64")
 	report := readSharedTestdata(t, "snp_report.bin")
 	if len(report) != 1184 {
@@ -79,6 +82,7 @@ func TestDigestMatchesRealReportHostData(t *testing.T) {
 }
 
 func TestDigestRejectsBadInput(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty")
 	os.WriteFile(empty, nil, 0o644)
@@ -110,6 +114,7 @@ func TestDigestRejectsBadInput(t *testing.T) {
 }
 
 func TestDigestHelp(t *testing.T) {
+	t.Parallel()
 	code, _, errOut := runCmd(t, "skr", "digest", "-h")
 	if code != 0 || !strings.Contains(errOut, "x-ms-sevsnpvm-hostdata") {
 		t.Fatalf("exit %d, stderr %q", code, errOut)

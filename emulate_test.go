@@ -42,6 +42,7 @@ func emulatorReport(t *testing.T, dev teeDevice, runtimeData string) (*snpReport
 }
 
 func TestEmulatorReportVerifiesWithGoSevGuest(t *testing.T) {
+	t.Parallel()
 	policy := []byte("package policy\napi_version := \"0.10.0\"\n")
 	r, pc := emulatorReport(t, newTestEmulator(t, policy), "runtime")
 	if err := verifyWithGoSevGuest(t, r.Raw, pc); err != nil {
@@ -84,6 +85,7 @@ func TestEmulatorReportVerifiesWithGoSevGuest(t *testing.T) {
 }
 
 func TestEmulatorHostDataPerPolicy(t *testing.T) {
+	t.Parallel()
 	none, pcNone := emulatorReport(t, newTestEmulator(t, nil), "a")
 	if none.HostData != ([32]byte{}) {
 		t.Errorf("HOST_DATA without a policy = %x, want zero", none.HostData)
@@ -102,6 +104,7 @@ func TestEmulatorHostDataPerPolicy(t *testing.T) {
 }
 
 func TestEmulatorChainLooksLikeAMDs(t *testing.T) {
+	t.Parallel()
 	_, pc := emulatorReport(t, newTestEmulator(t, nil), "chain")
 	for _, c := range []struct {
 		cert         *x509.Certificate
@@ -150,6 +153,7 @@ func TestEmulatorChainLooksLikeAMDs(t *testing.T) {
 }
 
 func TestVCEKExtensions(t *testing.T) {
+	t.Parallel()
 	hwID := bytes.Repeat([]byte{0xC3}, 64)
 	tcb := tcbParts{BL: 0x81, TEE: 0x7F, SNP: 0x80, Ucode: 0xFF}
 	exts, err := vcekExtensions(tcb, hwID, "Milan-B0")
@@ -199,6 +203,7 @@ func TestVCEKExtensions(t *testing.T) {
 }
 
 func TestMilanTCBLayout(t *testing.T) {
+	t.Parallel()
 	if got := composeTCB(productMilan, tcbParts{BL: 3, TEE: 0, SNP: 8, Ucode: 0x73}); got != 0x7308000000000003 {
 		t.Fatalf("%#x, want the ACI sample's 0x7308000000000003", got)
 	}
@@ -208,6 +213,7 @@ func TestMilanTCBLayout(t *testing.T) {
 }
 
 func TestPutLittleEndian(t *testing.T) {
+	t.Parallel()
 	dst := make([]byte, 72)
 	putLittleEndian(dst, big.NewInt(0x010203))
 	if dst[0] != 3 || dst[1] != 2 || dst[2] != 1 || !bytes.Equal(dst[3:], make([]byte, 69)) {
@@ -220,6 +226,7 @@ func TestPutLittleEndian(t *testing.T) {
 func pendingIdentity() *emulatorIdentity { return &emulatorIdentity{ready: make(chan struct{})} }
 
 func TestEmulatorWaitsForKeysWithinTheDeadline(t *testing.T) {
+	t.Parallel()
 	e := newEmulatorWith(pendingIdentity(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -232,6 +239,7 @@ func TestEmulatorWaitsForKeysWithinTheDeadline(t *testing.T) {
 }
 
 func TestEmulatorKeyFailureIsReported(t *testing.T) {
+	t.Parallel()
 	id := &emulatorIdentity{ready: make(chan struct{}), err: errors.New("no entropy")}
 	close(id.ready)
 	if _, err := newEmulatorWith(id, nil).GetReport(context.Background(), [64]byte{}); err == nil || !strings.Contains(err.Error(), "no entropy") {
@@ -243,6 +251,7 @@ func TestEmulatorKeyFailureIsReported(t *testing.T) {
 // evidence is emulated, while the emulator's keys do not exist yet; an
 // attestation request then fails within its deadline instead of hanging.
 func TestStatusDoesNotWaitForEmulatorKeys(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{
 		TEE:            newEmulatorWith(pendingIdentity(), nil),
 		RequestTimeout: 200 * time.Millisecond,
@@ -258,6 +267,7 @@ func TestStatusDoesNotWaitForEmulatorKeys(t *testing.T) {
 }
 
 func TestEmulatorLogsNothingSecret(t *testing.T) {
+	t.Parallel()
 	var logs syncBuffer
 	id := newEmulatorIdentity(2048, newLogger(&logs, levelTrace))
 	if err := id.wait(context.Background()); err != nil {
@@ -326,6 +336,7 @@ func BenchmarkStatus(b *testing.B) {
 // TestAttestRawWithEmulator goes through the real server: the report it
 // hands out binds the runtime data and verifies with the emulated chain.
 func TestAttestRawWithEmulator(t *testing.T) {
+	t.Parallel()
 	dev := newTestEmulator(t, nil)
 	url, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{TEE: dev})
 	code, body := call(t, "POST", url+"/attest/raw", `{"runtime_data":"aGVsbG8="}`)

@@ -18,6 +18,7 @@ import (
 )
 
 func TestExamplesAreValidJSON(t *testing.T) {
+	t.Parallel()
 	n := 0
 	err := filepath.WalkDir("examples", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".json") {
@@ -42,6 +43,7 @@ func TestExamplesAreValidJSON(t *testing.T) {
 
 // The example importkeyconfig.json is accepted as it stands (dry run).
 func TestExampleImportKeyConfig(t *testing.T) {
+	t.Parallel()
 	rsaKey, _ := testKeys(t)
 	der, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	pemFile := writeTempFile(t, "key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
@@ -68,6 +70,7 @@ func TestExampleImportKeyConfig(t *testing.T) {
 }
 
 func TestExampleSkrSideCarArgs(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile("examples/skrsidecarargs.json")
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +153,7 @@ func readJSON(t *testing.T, path string, v any) {
 // The template's containers start entry points of the image, and the code
 // reads exactly the environment variables the template sets.
 func TestExampleTemplateMatchesEntryPoints(t *testing.T) {
+	t.Parallel()
 	var tpl armTemplate
 	readJSON(t, "examples/aci/skr-template.json", &tpl)
 	if len(tpl.Resources) != 1 {
@@ -235,6 +239,7 @@ func checkClientEnv(t *testing.T, name string, env map[string]string, client fun
 // The policy input describes the template's containers: same commands,
 // same variables, literal values equal and patterns matching the values.
 func TestExamplePolicyInputMatchesTemplate(t *testing.T) {
+	t.Parallel()
 	var tpl armTemplate
 	readJSON(t, "examples/aci/skr-template.json", &tpl)
 	var in struct {

@@ -36,6 +36,7 @@ func realGuestInterface() string {
 // certificates the host provides in the extended report or else fetched
 // from AMD KDS.
 func TestRealHardware(t *testing.T) {
+	t.Parallel()
 	where := realGuestInterface()
 	if where == "" {
 		t.Skip("no SEV-SNP guest interface here (configfs-tsm with provider sev_guest, /dev/sev-guest, /dev/sev): run inside an SEV-SNP guest")

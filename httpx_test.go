@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func TestDecodeBase64AcceptsEveryVariant(t *testing.T) {
+	t.Parallel()
 	data := []byte{0xfb, 0xff, 0xfe, 0x01, 0x02} // has + / and - _ in its encodings
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		s := enc.EncodeToString(data)
@@ -27,6 +29,7 @@ func TestDecodeBase64AcceptsEveryVariant(t *testing.T) {
 }
 
 func TestDecodeBase64Rejects(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"a", "!!!!", "ab+_", "YW=Jj", "Y W J j"} {
 		if got, err := decodeBase64(s); err == nil {
 			t.Errorf("decodeBase64(%q) = %x, want an error", s, got)
@@ -35,6 +38,7 @@ func TestDecodeBase64Rejects(t *testing.T) {
 }
 
 func TestNormalizeEndpoint(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in, want string
 		ok       bool
@@ -70,6 +74,7 @@ func TestNormalizeEndpoint(t *testing.T) {
 }
 
 func TestDecodeRequestJSON(t *testing.T) {
+	t.Parallel()
 	var v attestRequest
 	tests := []struct {
 		body string
@@ -119,6 +124,7 @@ func FuzzDecodeAttestRequest(f *testing.F) {
 }
 
 func TestStatusFor(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		err  error
 		want int
@@ -140,6 +146,7 @@ func TestStatusFor(t *testing.T) {
 }
 
 func TestParseUpstreamError(t *testing.T) {
+	t.Parallel()
 	ue := parseUpstreamError("Key Vault", 404, []byte(`{"error":{"code":"KeyNotFound","message":"A key with (name/id) k1 was not found"}}`), nil)
 	if ue.Code != "KeyNotFound" || !strings.Contains(ue.Error(), "k1 was not found") || !strings.Contains(ue.Error(), "HTTP 404") {
 		t.Errorf("nested shape: %+v / %v", ue, ue)
@@ -155,6 +162,7 @@ func TestParseUpstreamError(t *testing.T) {
 }
 
 func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 11, 28, 10, 0, 0, 0, time.UTC)
 	tests := []struct {
 		in   string
@@ -201,6 +209,7 @@ func getter(url string) func(context.Context) (*http.Request, error) {
 }
 
 func TestDoWithRetry(t *testing.T) {
+	t.Parallel()
 	fast := retryPolicy{Attempts: 4, BaseDelay: time.Millisecond, MaxDelay: 20 * time.Millisecond}
 	tests := []struct {
 		name      string
@@ -238,24 +247,71 @@ func TestDoWithRetry(t *testing.T) {
 	}
 }
 
+// waitRecorder stands in for the pause between retries: it notes each
+// delay and returns at once, so that a test checks the delays a policy
+// chose without sleeping through them.
+type waitRecorder struct {
+	mu     sync.Mutex
+	delays []time.Duration
+}
+
+func (w *waitRecorder) Wait(ctx context.Context, d time.Duration) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.delays = append(w.delays, d)
+	return ctx.Err()
+}
+
+func (w *waitRecorder) Delays() []time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]time.Duration(nil), w.delays...)
+}
+
+// recordedRetry is p with its pauses recorded instead of slept.
+func recordedRetry(p retryPolicy) (*retryPolicy, *waitRecorder) {
+	rec := &waitRecorder{}
+	p.Wait = rec.Wait
+	return &p, rec
+}
+
 func TestDoWithRetryHonoursRetryAfter(t *testing.T) {
+	t.Parallel()
 	srv, calls := flakyServer(t, []int{429}, http.Header{"Retry-After": {"1"}})
-	p := retryPolicy{Attempts: 2, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Second}
-	start := time.Now()
-	if _, _, err := doWithRetry(context.Background(), srv.Client(), "test", p, nil, getter(srv.URL)); err != nil {
+	p, waits := recordedRetry(retryPolicy{Attempts: 2, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Second})
+	if _, _, err := doWithRetry(context.Background(), srv.Client(), "test", *p, nil, getter(srv.URL)); err != nil {
 		t.Fatal(err)
 	}
-	// The jittered backoff alone would be about a millisecond: waiting a
-	// second or more is only explained by Retry-After.
-	if waited := time.Since(start); waited < time.Second {
-		t.Errorf("retried after %v, before the 1 s the server asked for", waited)
+	// The jittered backoff alone would be about a millisecond: a pause of
+	// exactly a second is only explained by Retry-After.
+	if got := waits.Delays(); len(got) != 1 || got[0] != time.Second {
+		t.Errorf("paused %v between tries, want [1s] as the server asked", got)
 	}
 	if calls.Load() != 2 {
 		t.Errorf("calls = %d", calls.Load())
 	}
 }
 
+// The real pause between tries waits its delay, and no longer than the
+// caller's context.
+func TestRetryWaitUsesATimerAndHonoursTheContext(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	if err := (retryPolicy{}).wait(context.Background(), 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < 20*time.Millisecond {
+		t.Errorf("waited %v, want at least 20ms", waited)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := (retryPolicy{}).wait(ctx, time.Hour); !errors.Is(err, context.Canceled) {
+		t.Errorf("wait on a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
 func TestDoWithRetryStopsAtDeadline(t *testing.T) {
+	t.Parallel()
 	srv, _ := flakyServer(t, []int{503, 503, 503, 503, 503, 503}, http.Header{"Retry-After": {"30"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -267,6 +323,7 @@ func TestDoWithRetryStopsAtDeadline(t *testing.T) {
 }
 
 func TestDoWithRetryRetriesNetworkErrors(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.NotFoundHandler())
 	url := srv.URL
 	srv.Close() // connection refused from now on
@@ -278,6 +335,7 @@ func TestDoWithRetryRetriesNetworkErrors(t *testing.T) {
 }
 
 func TestBackoffIsBoundedAndJittered(t *testing.T) {
+	t.Parallel()
 	p := retryPolicy{BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second}
 	seen := map[time.Duration]bool{}
 	for attempt := 1; attempt <= 10; attempt++ {
@@ -298,6 +356,7 @@ func TestBackoffIsBoundedAndJittered(t *testing.T) {
 }
 
 func TestUpstreamErrorsNeverRepeatSecrets(t *testing.T) {
+	t.Parallel()
 	const bearer = "opaque-bearer-token-0123456789"
 	const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL3gifQ.c2lnbmF0dXJl"
 	const extra = "client-assertion-material"

@@ -51,6 +51,7 @@ func dockerfileLinks(t *testing.T) (string, []string) {
 }
 
 func TestDockerfile(t *testing.T) {
+	t.Parallel()
 	text, links := dockerfileLinks(t)
 	stages := regexp.MustCompile(`(?m)^FROM (\S+)`).FindAllStringSubmatch(text, -1)
 	if len(stages) != 2 || !strings.HasPrefix(stages[0][1], "golang:1.26") || stages[1][1] != "scratch" {
@@ -120,6 +121,7 @@ func buildImageBinary(t *testing.T, dst string) {
 }
 
 func TestImageBinary(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the binary; skipped under -short")
 	}

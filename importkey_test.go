@@ -336,6 +336,7 @@ func fileMode(t *testing.T, path string) os.FileMode {
 }
 
 func TestImportOctKey(t *testing.T) {
+	t.Parallel()
 	keyBytes, _ := hex.DecodeString("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
 	hexFile := writeTempFile(t, "key.hex", []byte(hex.EncodeToString(keyBytes)+"\n"))
 	rawFile := writeTempFile(t, "key.bin", keyBytes)
@@ -371,6 +372,7 @@ func TestImportOctKey(t *testing.T) {
 }
 
 func TestImportGeneratedOctKeyIsWrittenPrivately(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "gen-oct")
 	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM"})
 	dir := t.TempDir()
@@ -392,6 +394,7 @@ func TestImportGeneratedOctKeyIsWrittenPrivately(t *testing.T) {
 }
 
 func TestImportRSAKeyFromPEM(t *testing.T) {
+	t.Parallel()
 	rsaKey, _ := testKeys(t)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	for _, tc := range []struct {
@@ -445,6 +448,7 @@ func hkdfSHA256(secret, salt []byte, info string) []byte {
 }
 
 func TestImportGeneratedRSAKeyWithDerivedKey(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "gen-rsa")
 	salt := "92a631483ca875aad7e2477da755d58cac3876b77d10bcdd7b33bfa11e7d8b8e"
 	cfg := writeImportConfig(t, v, importCase{KTY: "RSA-HSM", Extra: map[string]any{"key_size": 2048},
@@ -489,6 +493,7 @@ func TestImportGeneratedRSAKeyWithDerivedKey(t *testing.T) {
 }
 
 func TestImportECKey(t *testing.T) {
+	t.Parallel()
 	_, ecKey := testKeys(t)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(ecKey)
 	sec1, _ := x509.MarshalECPrivateKey(ecKey)
@@ -517,6 +522,7 @@ func TestImportECKey(t *testing.T) {
 }
 
 func TestImportGeneratedECKey(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "gen-ec")
 	cfg := writeImportConfig(t, v, importCase{KTY: "EC-HSM", Extra: map[string]any{"crv": "P-521"}})
 	dir := t.TempDir()
@@ -550,6 +556,7 @@ func importIMDS(t *testing.T, clientID, token string) (string, *atomic.Int32) {
 }
 
 func TestImportWithManagedIdentityToken(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "mi-key")
 	v.token = "token-from-imds"
 	imds, calls := importIMDS(t, "11111111-2222-3333-4444-555555555555", v.token)
@@ -568,6 +575,7 @@ func TestImportWithManagedIdentityToken(t *testing.T) {
 // The identity's token opens every vault the identity may use: -a never
 // sends it to a host that is not a Key Vault or Managed HSM.
 func TestImportManagedIdentityTokenOnlyForVaultHosts(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "mi-key")
 	imds, calls := importIMDS(t, "11111111-2222-3333-4444-555555555555", "token-from-imds")
 	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM", NoToken: true})
@@ -584,6 +592,7 @@ func TestImportManagedIdentityTokenOnlyForVaultHosts(t *testing.T) {
 }
 
 func TestImportDryRunSendsAndWritesNothing(t *testing.T) {
+	t.Parallel()
 	rsaKey, _ := testKeys(t)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	pemFile := writeTempFile(t, "key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))
@@ -637,6 +646,7 @@ func TestImportDryRunSendsAndWritesNothing(t *testing.T) {
 // Through dispatch, as subcommand and as link (dry run: the system client
 // would not trust the stand-in).
 func TestImportKeyDispatch(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "linked")
 	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM"})
 	for _, argv0 := range [][]string{{"skr", "importkey"}, {"/bin/importkey"}} {
@@ -655,6 +665,7 @@ func TestImportKeyDispatch(t *testing.T) {
 }
 
 func TestImportVaultErrorsAreOneReadableLine(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		status int
@@ -693,6 +704,7 @@ func TestImportVaultErrorsAreOneReadableLine(t *testing.T) {
 }
 
 func TestImportBadConfigsWriteNothing(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "bad")
 	good := func() map[string]any {
 		return map[string]any{
@@ -779,6 +791,7 @@ func TestImportBadConfigsWriteNothing(t *testing.T) {
 
 // A key file that exists is never overwritten, and nothing is imported.
 func TestImportRefusesToOverwriteKeyFile(t *testing.T) {
+	t.Parallel()
 	v := newVaultStandIn(t, "exists")
 	cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM"})
 	dir := t.TempDir()
@@ -796,6 +809,7 @@ func TestImportRefusesToOverwriteKeyFile(t *testing.T) {
 // The seed's config shapes: "mhsm" for "akv", api_version with its
 // "api-version=" prefix or without, claims under "key", one flat list.
 func TestImportConfigVariants(t *testing.T) {
+	t.Parallel()
 	flat := testClaims()[0]
 	for _, tc := range []struct {
 		name string

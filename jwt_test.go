@@ -125,6 +125,7 @@ func mustPublicKey(t testing.TB, k jwk) crypto.PublicKey {
 }
 
 func TestB64URLDecode(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		in   string
 		want string // hex-free: the decoded bytes as a string
@@ -169,6 +170,7 @@ func TestB64URLDecode(t *testing.T) {
 }
 
 func TestRFC7515VectorsVerify(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, key, jws, alg, payload string
 	}{
@@ -204,6 +206,7 @@ func TestRFC7515VectorsVerify(t *testing.T) {
 // The RFC 7515 A.2 private JWK must parse with its own CRT values, and sign
 // exactly the RFC's signature (RS256 is deterministic).
 func TestRFC7515A2PrivateKeyReproducesSignature(t *testing.T) {
+	t.Parallel()
 	k := mustParseJWK(t, rfc7515A2Key)
 	priv, err := k.PrivateKey()
 	if err != nil {
@@ -232,6 +235,7 @@ func TestRFC7515A2PrivateKeyReproducesSignature(t *testing.T) {
 }
 
 func TestRFC7515A4P521KeyRoundTripKeepsLeadingZeros(t *testing.T) {
+	t.Parallel()
 	k := mustParseJWK(t, rfc7515A4Key)
 	priv, err := k.PrivateKey()
 	if err != nil {
@@ -247,6 +251,7 @@ func TestRFC7515A4P521KeyRoundTripKeepsLeadingZeros(t *testing.T) {
 }
 
 func TestJWKThumbprintRFC7638(t *testing.T) {
+	t.Parallel()
 	k := jwk{Kty: "RSA", N: rfc7638N, E: "AQAB", Alg: "RS256", Kid: "2011-04-29"}
 	got, err := jwkThumbprint(k)
 	if err != nil {
@@ -264,6 +269,7 @@ func TestJWKThumbprintRFC7638(t *testing.T) {
 // The thumbprint input is the canonical JSON of RFC 7638 §3.2 for each kty;
 // check it against a hash of the spelled-out canonical form.
 func TestJWKThumbprintCanonicalForms(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		k         jwk
 		canonical string
@@ -289,6 +295,7 @@ func TestJWKThumbprintCanonicalForms(t *testing.T) {
 }
 
 func TestJWSRoundTripEveryAlg(t *testing.T) {
+	t.Parallel()
 	for _, alg := range allJWSAlgs {
 		t.Run(alg, func(t *testing.T) {
 			key := signerFor(t, alg)
@@ -315,6 +322,7 @@ func TestJWSRoundTripEveryAlg(t *testing.T) {
 }
 
 func TestJWSTamperingRejected(t *testing.T) {
+	t.Parallel()
 	for _, alg := range []string{"RS256", "PS256", "ES256", "ES384"} {
 		t.Run(alg, func(t *testing.T) {
 			key := signerFor(t, alg)
@@ -359,6 +367,7 @@ func flipB64URL(s string) string {
 }
 
 func TestJWSAlgorithmConfusionRejected(t *testing.T) {
+	t.Parallel()
 	joseTestKeys(t)
 	payload := b64url([]byte(`{"sub":"x"}`))
 
@@ -416,6 +425,7 @@ func TestJWSAlgorithmConfusionRejected(t *testing.T) {
 
 // ECDSA signatures in DER (what crypto.Signer returns) are not JOSE's R||S.
 func TestJWSECDSADERSignatureRejected(t *testing.T) {
+	t.Parallel()
 	joseTestKeys(t)
 	key := joseEC["P-256"]
 	input := b64url([]byte(`{"alg":"ES256"}`)) + "." + b64url([]byte("p"))
@@ -454,6 +464,7 @@ func TestJWSSmallRSAKeyRefused(t *testing.T) {
 }
 
 func TestSignJWSRefusesMismatchedKey(t *testing.T) {
+	t.Parallel()
 	joseTestKeys(t)
 	for _, tc := range []struct {
 		key crypto.Signer
@@ -474,6 +485,7 @@ func TestSignJWSRefusesMismatchedKey(t *testing.T) {
 }
 
 func TestParseJWSRejectsMalformed(t *testing.T) {
+	t.Parallel()
 	hdr := b64url([]byte(`{"alg":"RS256"}`))
 	p := b64url([]byte("{}"))
 	s := b64url([]byte("sig"))
@@ -505,6 +517,7 @@ func TestParseJWSRejectsMalformed(t *testing.T) {
 }
 
 func TestParseJWSKeepsRawHeader(t *testing.T) {
+	t.Parallel()
 	raw := `{"alg":"RS256","kid":"a+b=","x5c":["MIIB"],"x5t#S256":"t","jku":"https://x/certs"}`
 	j, err := parseJWS(b64url([]byte(raw)) + "." + b64url([]byte("p")) + "." + b64url([]byte("s")))
 	if err != nil {
@@ -516,6 +529,7 @@ func TestParseJWSKeepsRawHeader(t *testing.T) {
 }
 
 func TestCheckJWTTimes(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_700_000_000, 0)
 	skew := time.Minute
 	n := func(v int64) float64 { return float64(v) }
@@ -556,6 +570,7 @@ func TestCheckJWTTimes(t *testing.T) {
 
 // Claims decoded by encoding/json, with UseNumber or without.
 func TestCheckJWTTimesFromDecodedJSON(t *testing.T) {
+	t.Parallel()
 	body := []byte(`{"exp":1700003600,"nbf":1699999000,"iat":1699999000}`)
 	now := time.Unix(1_700_000_000, 0)
 	var plain map[string]any
@@ -580,6 +595,7 @@ func TestCheckJWTTimesFromDecodedJSON(t *testing.T) {
 }
 
 func TestJWKRoundTrips(t *testing.T) {
+	t.Parallel()
 	joseTestKeys(t)
 	keys := map[string]any{
 		"RSA":   joseRSA,
@@ -642,6 +658,7 @@ func TestJWKRoundTrips(t *testing.T) {
 
 // Scalars and coordinates with leading zero bytes must keep full width.
 func TestJWKECLeadingZeroPadding(t *testing.T) {
+	t.Parallel()
 	for range 2000 {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -668,6 +685,7 @@ func TestJWKECLeadingZeroPadding(t *testing.T) {
 }
 
 func TestJWKFromPrivateKeyRejects(t *testing.T) {
+	t.Parallel()
 	joseTestKeys(t)
 	p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	for name, key := range map[string]any{
@@ -686,6 +704,7 @@ func TestJWKFromPrivateKeyRejects(t *testing.T) {
 }
 
 func TestBadJWKsRejected(t *testing.T) {
+	t.Parallel()
 	joseTestKeys(t)
 	rsaJWK, _ := jwkFromPrivateKey(joseRSA)
 	ecJWK, _ := jwkFromPrivateKey(joseEC["P-256"])
@@ -747,6 +766,7 @@ func TestBadJWKsRejected(t *testing.T) {
 }
 
 func TestParseJWKRejectsMalformed(t *testing.T) {
+	t.Parallel()
 	for name, in := range map[string]string{
 		"empty":          "",
 		"not JSON":       "kty=RSA",

@@ -27,6 +27,7 @@ var rfc5649Vectors = []struct{ name, key, wrapped string }{
 }
 
 func TestAESKeyWrapPadRFC5649Vectors(t *testing.T) {
+	t.Parallel()
 	kek := kwpHex(t, rfc5649KEK)
 	for _, v := range rfc5649Vectors {
 		t.Run(v.name, func(t *testing.T) {
@@ -52,6 +53,7 @@ func TestAESKeyWrapPadRFC5649Vectors(t *testing.T) {
 // The multi-block core is RFC 3394's; check it alone against RFC 3394 §4.1
 // (128-bit KEK, 128-bit key data, default IV A6A6A6A6A6A6A6A6).
 func TestWrapBlocksRFC3394Vector(t *testing.T) {
+	t.Parallel()
 	block, err := aes.NewCipher(kwpHex(t, "000102030405060708090a0b0c0d0e0f"))
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +70,7 @@ func TestWrapBlocksRFC3394Vector(t *testing.T) {
 }
 
 func TestAESKeyWrapPadRoundTrips(t *testing.T) {
+	t.Parallel()
 	for _, kekLen := range []int{16, 24, 32} {
 		kek := make([]byte, kekLen)
 		rand.Read(kek)
@@ -105,6 +108,7 @@ func TestAESKeyWrapPadRoundTrips(t *testing.T) {
 }
 
 func TestAESKeyUnwrapPadRejectsEveryBitFlip(t *testing.T) {
+	t.Parallel()
 	kek := kwpHex(t, rfc5649KEK)
 	long := make([]byte, 61)
 	rand.Read(long)
@@ -125,6 +129,7 @@ func TestAESKeyUnwrapPadRejectsEveryBitFlip(t *testing.T) {
 }
 
 func TestAESKeyUnwrapPadWrongKEK(t *testing.T) {
+	t.Parallel()
 	kek := kwpHex(t, rfc5649KEK)
 	for _, v := range rfc5649Vectors {
 		for i := range kek {
@@ -142,6 +147,7 @@ func TestAESKeyUnwrapPadWrongKEK(t *testing.T) {
 }
 
 func TestAESKeyWrapPadBadLengths(t *testing.T) {
+	t.Parallel()
 	good := make([]byte, 32)
 	for _, n := range []int{0, 1, 8, 15, 17, 20, 31, 33, 64} {
 		if _, err := aesKeyWrapPad(make([]byte, n), []byte("k")); err == nil {
@@ -184,6 +190,7 @@ func craftKWP(t *testing.T, kek []byte, aiv [4]byte, mli uint32, padded []byte) 
 }
 
 func TestAESKeyUnwrapPadIntegrityChecks(t *testing.T) {
+	t.Parallel()
 	kek := make([]byte, 32)
 	rand.Read(kek)
 	data16 := []byte("0123456789abcdef")

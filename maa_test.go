@@ -13,6 +13,7 @@ import (
 )
 
 func TestRuntimeDataType(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		`{"keys":[]}`:      maaDataJSON,
 		` [1,2] `:          maaDataJSON,
@@ -32,6 +33,7 @@ func TestRuntimeDataType(t *testing.T) {
 // TestBuildMAARequestShape decodes the request the way MAA does and checks
 // every name, casing and encoding.
 func TestBuildMAARequestShape(t *testing.T) {
+	t.Parallel()
 	report := bytes.Repeat([]byte{0xfb}, reportSize) // 0xfb.. encodes to - and _ in base64url
 	chain := []byte("-----BEGIN CERTIFICATE-----\nVCEK\n-----END CERTIFICATE-----\n")
 	runtime := []byte(`{"keys":[{"kty":"RSA","kid":"k"}]}`)
@@ -114,6 +116,7 @@ func TestBuildMAARequestShape(t *testing.T) {
 }
 
 func TestParseMAAResponse(t *testing.T) {
+	t.Parallel()
 	key := standInRSAKey(t, rsaMAASigner)
 	exp := time.Now().Add(8 * time.Hour).Unix()
 	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT"}, standInJSON(map[string]any{"exp": exp}), key, "RS256")
@@ -136,6 +139,7 @@ func attestMAABody(endpoint string, runtime []byte) string {
 }
 
 func TestAttestMAAEndToEnd(t *testing.T) {
+	t.Parallel()
 	for _, device := range []string{deviceEmulator, deviceFakeGuest} {
 		t.Run(device, func(t *testing.T) {
 			e := newReleaseEnv(t, releaseEnvOpts{device: device})
@@ -201,6 +205,7 @@ func verifyStandInToken(t *testing.T, m *maaStandIn, tok string) map[string]any 
 }
 
 func TestAttestMAAUserAgentFromArgs(t *testing.T) {
+	t.Parallel()
 	args := &SkrSideCarArgs{}
 	args.MAAConfig.UserAgent = "contoso-app/1.2"
 	e := newReleaseEnv(t, releaseEnvOpts{args: args})
@@ -216,6 +221,7 @@ func TestAttestMAAUserAgentFromArgs(t *testing.T) {
 }
 
 func TestAttestMAABadInputs(t *testing.T) {
+	t.Parallel()
 	e := newReleaseEnv(t, releaseEnvOpts{})
 	rt := base64.StdEncoding.EncodeToString([]byte(`{}`))
 	for name, body := range map[string]string{
@@ -242,48 +248,70 @@ func TestAttestMAABadInputs(t *testing.T) {
 	}
 }
 
+// newMAAEnv runs the server over the emulator against an MAA stand-in,
+// with the production retry policy whose pauses are recorded, not slept.
+func newMAAEnv(t *testing.T, timeout time.Duration) (url string, maa *maaStandIn, waits *waitRecorder) {
+	t.Helper()
+	tee, certs, _ := releaseTestDevice(t, deviceEmulator)
+	maa = newMAAStandIn(t, certs.ARK)
+	retry, waits := recordedRetry(defaultRetry)
+	url, _ = startTestServer(t, serverConfig{}, serverOptions{
+		TEE: tee, Roots: getStandInPKI().roots(), RequestTimeout: timeout, Retry: retry,
+	})
+	return url, maa, waits
+}
+
 func TestAttestMAAFailures(t *testing.T) {
-	e := newReleaseEnv(t, releaseEnvOpts{timeout: 1500 * time.Millisecond})
-	body := attestMAABody(e.maa.host, []byte(`{"k":1}`))
+	t.Parallel()
+	url, maa, waits := newMAAEnv(t, 0)
+	body := attestMAABody(maa.host, []byte(`{"k":1}`))
 
 	t.Run("untrusted ARK", func(t *testing.T) {
 		other := newStandInCA("not AMD", nil)
-		e.maa.mu.Lock()
-		ark := e.maa.ark
-		e.maa.ark = other.cert
-		e.maa.mu.Unlock()
-		defer func() { e.maa.mu.Lock(); e.maa.ark = ark; e.maa.mu.Unlock() }()
-		status, out := call(t, "POST", e.url+"/attest/maa", body)
+		maa.mu.Lock()
+		ark := maa.ark
+		maa.ark = other.cert
+		maa.mu.Unlock()
+		defer func() { maa.mu.Lock(); maa.ark = ark; maa.mu.Unlock() }()
+		status, out := call(t, "POST", url+"/attest/maa", body)
 		if status != http.StatusBadGateway || !strings.Contains(out["error"].(string), "MAA") {
 			t.Fatalf("status %d: %v", status, out)
 		}
 	})
 	t.Run("500 then 200", func(t *testing.T) {
-		before := e.maa.count()
-		e.maa.failNext(1, http.StatusInternalServerError, "")
-		status, out := call(t, "POST", e.url+"/attest/maa", body)
-		if status != http.StatusOK || e.maa.count()-before != 2 {
-			t.Fatalf("status %d after %d calls: %v", status, e.maa.count()-before, out)
+		before, waited := maa.count(), len(waits.Delays())
+		maa.failNext(1, http.StatusInternalServerError, "")
+		status, out := call(t, "POST", url+"/attest/maa", body)
+		if status != http.StatusOK || maa.count()-before != 2 {
+			t.Fatalf("status %d after %d calls: %v", status, maa.count()-before, out)
+		}
+		// One pause, the production backoff's first: its base, jittered.
+		got := waits.Delays()[waited:]
+		if len(got) != 1 || got[0] < defaultRetry.BaseDelay/2 || got[0] > defaultRetry.BaseDelay {
+			t.Fatalf("paused %v between tries, want one pause of %v to %v", got, defaultRetry.BaseDelay/2, defaultRetry.BaseDelay)
 		}
 	})
 	t.Run("403", func(t *testing.T) {
-		e.maa.failNext(1, http.StatusForbidden, "")
-		status, out := call(t, "POST", e.url+"/attest/maa", body)
+		maa.failNext(1, http.StatusForbidden, "")
+		status, out := call(t, "POST", url+"/attest/maa", body)
 		if status != http.StatusForbidden {
 			t.Fatalf("status %d: %v", status, out)
 		}
 	})
 	t.Run("hang", func(t *testing.T) {
-		e.maa.setHang(true)
-		defer e.maa.setHang(false)
-		status, out := call(t, "POST", e.url+"/attest/maa", body)
-		if status != http.StatusGatewayTimeout {
-			t.Fatalf("status %d: %v", status, out)
+		t.Parallel()
+		// Its own server: the request deadline is what ends the hang.
+		url, maa, _ := newMAAEnv(t, 300*time.Millisecond)
+		maa.setHang(true)
+		status, out := call(t, "POST", url+"/attest/maa", attestMAABody(maa.host, []byte(`{"k":1}`)))
+		if status != http.StatusGatewayTimeout || maa.count() == 0 {
+			t.Fatalf("status %d after %d MAA calls: %v; want 504 from a hanging MAA", status, maa.count(), out)
 		}
 	})
 }
 
 func TestAttestMAAEmptyToken(t *testing.T) {
+	t.Parallel()
 	for name, answer := range map[string]string{"empty token": `{"token":""}`, "no token": `{}`, "garbage": `<html>`} {
 		t.Run(name, func(t *testing.T) {
 			srv, host := startTLSStandIn(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -77,6 +77,10 @@ func startTestServer(t testing.TB, cfg serverConfig, opts serverOptions) (string
 	select {
 	case addr := <-ready:
 		t.Cleanup(func() {
+			// A connection the client dialled but never used (a race lost
+			// to a connection that came free) holds the server's shutdown
+			// for 5 s: net/http waits that long for its first request.
+			http.DefaultClient.CloseIdleConnections()
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("serve: %v", err)
@@ -120,6 +124,7 @@ func call(t testing.TB, method, url, body string) (int, map[string]any) {
 }
 
 func TestDispatchUnknownSubcommand(t *testing.T) {
+	t.Parallel()
 	var out, errOut bytes.Buffer
 	if code := dispatch([]string{"skr", "frobnicate"}, &out, &errOut); code != 2 {
 		t.Fatalf("exit code = %d, want 2", code)
@@ -130,6 +135,7 @@ func TestDispatchUnknownSubcommand(t *testing.T) {
 }
 
 func TestHelpListsEverySubcommand(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	if code := dispatch([]string{"skr", "-h"}, &out, io.Discard); code != 0 {
 		t.Fatalf("exit code = %d", code)
@@ -147,6 +153,7 @@ func TestHelpListsEverySubcommand(t *testing.T) {
 }
 
 func TestServeEntryPoints(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		argv []string
 		code int

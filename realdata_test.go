@@ -31,6 +31,7 @@ func realTHIM(t *testing.T) *platformCerts {
 }
 
 func TestRealReportsParse(t *testing.T) {
+	t.Parallel()
 	v2 := parseRealReport(t, "snp_report.bin")
 	if v2.Version != 2 || v2.ReportedTCB != 0x7308000000000003 || v2.SignatureAlgo != 1 {
 		t.Errorf("v2 report: version %d, REPORTED_TCB %016x, algo %d", v2.Version, v2.ReportedTCB, v2.SignatureAlgo)
@@ -54,6 +55,7 @@ func TestRealReportsParse(t *testing.T) {
 }
 
 func TestRealReportVerifiesWithTHIMCertificates(t *testing.T) {
+	t.Parallel()
 	rep := parseRealReport(t, "snp_report.bin")
 	pc := realTHIM(t)
 	if err := verifyEvidence(rep, pc); err != nil {
@@ -72,6 +74,7 @@ func TestRealReportVerifiesWithTHIMCertificates(t *testing.T) {
 }
 
 func TestRealTCBAgreesEverywhere(t *testing.T) {
+	t.Parallel()
 	rep := parseRealReport(t, "snp_report.bin")
 	pc := realTHIM(t)
 	info, err := parseVCEKExtensions(pc.VCEK)
@@ -95,6 +98,7 @@ func TestRealTCBAgreesEverywhere(t *testing.T) {
 }
 
 func TestRealHostDataIsPolicyDigest(t *testing.T) {
+	t.Parallel()
 	rep := parseRealReport(t, "snp_report.bin")
 	d, err := policyDigest(string(readSharedTestdata(t, "uvm_security_policy.base64")))
 	if err != nil {
@@ -139,6 +143,7 @@ func checkRealInputs(t *testing.T, in *uvmInputs) {
 }
 
 func TestRealSecurityContextLoads(t *testing.T) {
+	t.Parallel()
 	dir := realSecurityContextDir(t)
 	noEnv := func(string) string { return "" }
 

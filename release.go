@@ -95,30 +95,32 @@ func parseKeyRef(kid string) (keyRef, error) {
 }
 
 func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
-	body, err := readRequestBody(r)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	p, err := decodeKeyReleaseRequest(body)
-	clear(body) // our copy of the raw request; the decoded token lives on in p
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
-	defer cancel()
-	start := time.Now()
-	key, step, err := s.releaseKey(ctx, p)
-	if err != nil {
-		s.log.Warn("key release failed", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost,
-			"step", step, "duration", time.Since(start).Round(time.Microsecond), "err", err)
-		writeError(w, err)
-		return
-	}
-	s.log.Info("key released", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost,
-		"duration", time.Since(start).Round(time.Microsecond))
-	writeJSON(w, http.StatusOK, map[string]string{"key": key})
+	serveJSON(s, w, r, jsonEndpoint[*keyReleaseParams]{
+		decode: func(r *http.Request) (*keyReleaseParams, error) {
+			body, err := readRequestBody(r)
+			if err != nil {
+				return nil, err
+			}
+			p, err := decodeKeyReleaseRequest(body)
+			clear(body) // our copy of the raw request; the decoded token lives on in p
+			return p, err
+		},
+		call: func(ctx context.Context, p *keyReleaseParams) (any, string, error) {
+			key, step, err := s.releaseKey(ctx, p)
+			if err != nil {
+				return nil, step, err
+			}
+			return map[string]string{"key": key}, "", nil
+		},
+		logOutcome: func(p *keyReleaseParams, step string, elapsed time.Duration, err error) {
+			attrs := []any{"kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost}
+			if err != nil {
+				s.log.Warn("key release failed", append(attrs, "step", step, "duration", elapsed, "err", err)...)
+				return
+			}
+			s.log.Info("key released", append(attrs, "duration", elapsed)...)
+		},
+	})
 }
 
 // releaseKey does one release and returns the key as a JWK JSON string, or

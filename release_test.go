@@ -417,7 +417,9 @@ func TestKeyReleaseDeadline(t *testing.T) {
 	for _, svc := range []string{"MAA", "Key Vault"} {
 		t.Run(svc, func(t *testing.T) {
 			t.Parallel()
-			e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, timeout: timeout})
+			// A ready-made wrapping key: RSA generation under -race on a
+			// busy machine could otherwise spend the whole deadline.
+			e := newReleaseEnv(t, releaseEnvOpts{ttl: time.Minute, timeout: timeout, newKey: testWrappingKeys(t)})
 			if svc == "MAA" {
 				e.maa.setHang(true)
 			} else {

@@ -29,7 +29,7 @@ type serverOptions struct {
 	RequestTimeout      time.Duration       // overall deadline of one request; 0 = 30 s
 	IdentityTokenHosts  []string            // vault hosts besides *.vault.azure.net & co. that may get the identity's token
 
-	// Retry is the policy of MAA and Key Vault calls (nil = defaultRetry).
+	// Retry is the policy of MAA, Key Vault and certificate calls (nil = defaultRetry).
 	// The releaser's wrapping keys: how they are made (nil =
 	// newWrappingKey), and the clock of their reuse (nil = the system's).
 	Retry        *retryPolicy
@@ -43,7 +43,7 @@ type server struct {
 	log     *slog.Logger
 	getenv  func(string) string
 	timeout time.Duration
-	retry   retryPolicy // of MAA and Key Vault calls
+	retry   retryPolicy // of MAA, Key Vault and certificate calls
 	started time.Time
 
 	tee    teeDevice // nil when there is no guest interface
@@ -59,16 +59,15 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, started: time.Now()}
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now()}
+	if opts.Retry != nil {
+		s.retry = *opts.Retry
+	}
 	if s.getenv == nil {
 		s.getenv = os.Getenv
 	}
 	if s.timeout <= 0 {
 		s.timeout = 30 * time.Second
-	}
-	s.retry = defaultRetry
-	if opts.Retry != nil {
-		s.retry = *opts.Retry
 	}
 	if s.cfg.Args == nil {
 		s.cfg.Args = &SkrSideCarArgs{}
@@ -92,6 +91,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
 	}
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
+	s.certs.retry = s.retry
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,

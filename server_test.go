@@ -17,6 +17,7 @@ func envOf(m map[string]string) func(string) string {
 }
 
 func TestParseServeFlags(t *testing.T) {
+	t.Parallel()
 	args := base64.StdEncoding.EncodeToString([]byte(`{"certcache":{"endpoint_type":"AMD","endpoint":"kdsintf.amd.com"},"identity":{"client_id":"abc"}}`))
 	tests := []struct {
 		name  string
@@ -85,6 +86,7 @@ func TestParseServeFlags(t *testing.T) {
 }
 
 func TestLogLevelsRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"trace", "debug", "info", "warning", "error", "fatal", "panic"} {
 		l, err := parseLogLevel(name)
 		if err != nil || levelName(l) != name {
@@ -94,6 +96,7 @@ func TestLogLevelsRoundTrip(t *testing.T) {
 }
 
 func TestLoggerUsesUpstreamLevelNames(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	log := newLogger(&buf, levelTrace)
 	log.Log(t.Context(), levelTrace, "hello")
@@ -111,6 +114,7 @@ func startNoDeviceServer(t *testing.T) (string, *syncBuffer) {
 }
 
 func TestServerWithoutDevice(t *testing.T) {
+	t.Parallel()
 	base, logs := startNoDeviceServer(t)
 	status, body := call(t, "GET", base+"/status", "")
 	if status != 200 || body["message"] != "Status OK" || body["tee"] != "none" || body["emulated"] != false {
@@ -145,6 +149,7 @@ func TestServerWithoutDevice(t *testing.T) {
 }
 
 func TestServerRejectsBadRequests(t *testing.T) {
+	t.Parallel()
 	base, _ := startNoDeviceServer(t)
 	big := `{"runtime_data":"` + strings.Repeat("A", maxRequestBody+10) + `"}`
 	tests := []struct {
@@ -177,6 +182,7 @@ func TestServerRejectsBadRequests(t *testing.T) {
 }
 
 func TestServerListensOnLoopbackOnly(t *testing.T) {
+	t.Parallel()
 	ls, err := listenLoopback(0)
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +197,7 @@ func TestServerListensOnLoopbackOnly(t *testing.T) {
 }
 
 func TestServeDrainsAndStopsOnCancel(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)

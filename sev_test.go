@@ -88,6 +88,7 @@ func compareWithGoSevGuest(t *testing.T, raw []byte, r *snpReport) {
 }
 
 func TestParseReportRealReports(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		file                  string
 		version               uint32
@@ -125,6 +126,7 @@ func TestParseReportRealReports(t *testing.T) {
 }
 
 func TestParseReportV2TCBsAgree(t *testing.T) {
+	t.Parallel()
 	r, err := parseReport(readSharedTestdata(t, "snp_report.bin"))
 	if err != nil {
 		t.Fatal(err)
@@ -144,6 +146,7 @@ func validReport(version uint32) []byte {
 }
 
 func TestParseReportRejects(t *testing.T) {
+	t.Parallel()
 	with := func(f func(b []byte) []byte) []byte { return f(validReport(3)) }
 	tests := []struct {
 		name    string
@@ -171,6 +174,7 @@ func TestParseReportRejects(t *testing.T) {
 }
 
 func TestParseReportAcceptsKnownAndNewerVersions(t *testing.T) {
+	t.Parallel()
 	for _, v := range []uint32{2, 3, 4, 5, 6, 15} {
 		b := validReport(v)
 		b[0x188], b[0x189], b[0x18A] = 0x19, 0x11, 0x01
@@ -408,6 +412,7 @@ func checkVCEKMatchesReport(t testing.TB, vcek *x509.Certificate, r *snpReport) 
 // ---------------------------------------------------------------------------
 
 func TestFakeSevGuestReportsVerify(t *testing.T) {
+	t.Parallel()
 	dev, pc := newFakeSevGuest(t)
 	rd := reportDataFor([]byte("runtime data"))
 	raw, err := dev.GetReport(context.Background(), rd)
@@ -436,6 +441,7 @@ func TestFakeSevGuestReportsVerify(t *testing.T) {
 }
 
 func TestFakeSevGuestExtendedReport(t *testing.T) {
+	t.Parallel()
 	dev, pc := newFakeSevGuest(t)
 	rd := reportDataFor([]byte("x"))
 	report, table, err := dev.(*sevGuestDevice).extendedReport(context.Background(), rd)
@@ -464,6 +470,7 @@ func (failingDevice) Ioctl(_ uintptr, req any) (uintptr, error) {
 }
 
 func TestSevGuestDeviceError(t *testing.T) {
+	t.Parallel()
 	dev := newSevGuestDevice(&failingDevice{}, "/dev/sev-guest")
 	_, err := dev.GetReport(context.Background(), [64]byte{})
 	if err == nil || !strings.Contains(err.Error(), "/dev/sev-guest SNP_GET_REPORT") {
@@ -494,6 +501,7 @@ func BenchmarkSevGuestReport(b *testing.B) {
 // ---------------------------------------------------------------------------
 
 func TestKernelAtLeast(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		release string
 		want    bool
@@ -521,6 +529,7 @@ func TestKernelAtLeast(t *testing.T) {
 }
 
 func TestDeviceGatePause(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1000, 0)
 	g := newDeviceGate(2 * time.Second)
 	g.now = func() time.Time { return now }
@@ -544,6 +553,7 @@ func TestDeviceGatePause(t *testing.T) {
 }
 
 func TestDeviceGateHonoursContextWhilePacing(t *testing.T) {
+	t.Parallel()
 	g := newDeviceGate(time.Hour)
 	if _, err := g.run(context.Background(), func() ([]byte, error) { return nil, nil }); err != nil {
 		t.Fatal(err)
@@ -563,6 +573,7 @@ func TestDeviceGateHonoursContextWhilePacing(t *testing.T) {
 }
 
 func TestDeviceGateAbandonedCommandHoldsDevice(t *testing.T) {
+	t.Parallel()
 	g := newDeviceGate(0)
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -607,6 +618,7 @@ func absentGuestInterfaces(t testing.TB) guestInterfaces {
 }
 
 func TestOpenTEENoInterfaceNamesEveryPathAndEmulate(t *testing.T) {
+	t.Parallel()
 	gi := absentGuestInterfaces(t)
 	// A regular file where a device should be is refused, not opened.
 	if err := os.WriteFile(gi.SevGuest, nil, 0o600); err != nil {
@@ -624,6 +636,7 @@ func TestOpenTEENoInterfaceNamesEveryPathAndEmulate(t *testing.T) {
 }
 
 func TestOpenTEEDefaultPathsHere(t *testing.T) {
+	t.Parallel()
 	if _, err := os.Stat("/dev/sev-guest"); err == nil {
 		t.Skip("this machine has an SEV-SNP guest device")
 	}
@@ -640,6 +653,7 @@ func TestOpenTEEDefaultPathsHere(t *testing.T) {
 }
 
 func TestOpenTEEEmulate(t *testing.T) {
+	t.Parallel()
 	dev, err := openTEEFrom(teeOptions{Emulate: true}, absentGuestInterfaces(t))
 	if err != nil {
 		t.Fatal(err)
@@ -757,6 +771,7 @@ func newConfigfsGuest(t *testing.T, provider string) (guestInterfaces, *fakeConf
 }
 
 func TestConfigfsTSMReport(t *testing.T) {
+	t.Parallel()
 	gi, fake, pc := newConfigfsGuest(t, "sev_guest")
 	dev, err := openTEEFrom(teeOptions{}, gi)
 	if err != nil {
@@ -789,6 +804,7 @@ func TestConfigfsTSMReport(t *testing.T) {
 }
 
 func TestConfigfsTSMOtherProviderFallsThrough(t *testing.T) {
+	t.Parallel()
 	gi, _, _ := newConfigfsGuest(t, "tdx_guest")
 	_, err := openTEEFrom(teeOptions{}, gi)
 	if err == nil || !strings.Contains(err.Error(), `provider is "tdx_guest", not sev_guest`) {
@@ -800,6 +816,7 @@ func TestConfigfsTSMOtherProviderFallsThrough(t *testing.T) {
 }
 
 func TestConfigfsTSMConcurrentWriter(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name      string
 		interfere int // inblob writes after which another writer strikes
@@ -843,6 +860,7 @@ func TestConfigfsTSMConcurrentWriter(t *testing.T) {
 }
 
 func TestConfigfsTSMShortOutblob(t *testing.T) {
+	t.Parallel()
 	gi, fake, _ := newConfigfsGuest(t, "sev_guest")
 	dev, err := openConfigfsTSM(gi.FS, gi.ConfigfsTSM)
 	if err != nil {
@@ -861,6 +879,7 @@ func TestConfigfsTSMShortOutblob(t *testing.T) {
 // ---------------------------------------------------------------------------
 
 func TestLegacyRequestLayout(t *testing.T) {
+	t.Parallel()
 	var r legacySnpGuestRequest
 	if unsafe.Sizeof(r) != 40 {
 		t.Fatalf("size %d, want 40 (the ioctl number encodes it: 0xC0285301)", unsafe.Sizeof(r))
@@ -912,6 +931,7 @@ func fakeLegacyIoctl(t *testing.T, dev teeDevice, status, size, fwErr uint32, er
 }
 
 func TestLegacySevReport(t *testing.T) {
+	t.Parallel()
 	fake, pc := newFakeSevGuest(t)
 	tests := []struct {
 		name    string

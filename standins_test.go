@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/aes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,6 +21,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -38,6 +40,7 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
 )
 
 // ---- keys and certificates made once per test binary ----
@@ -351,7 +354,7 @@ func newMAAStandIn(t testing.TB, ark *x509.Certificate) *maaStandIn {
 	mux.HandleFunc("POST /attest/{type}", m.handleAttest)
 	mux.HandleFunc("GET /certs", m.handleCerts)
 	mux.HandleFunc("GET /.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, map[string]any{"issuer": "https://" + m.host, "jwks_uri": "https://" + m.host + "/certs",
+		standInWriteJSON(w, 200, map[string]any{"issuer": "https://" + m.host, "jwks_uri": "https://" + m.host + "/certs",
 			"id_token_signing_alg_values_supported": []string{"RS256"}})
 	})
 	m.srv, m.host = startTLSStandIn(t, mux)
@@ -378,9 +381,9 @@ func (m *maaStandIn) claims() map[string]any {
 }
 
 func (m *maaStandIn) handleCerts(w http.ResponseWriter, r *http.Request) {
-	pub := rsaPublicJWK(&m.signer.PublicKey)
-	writeJSON(w, 200, map[string]any{"keys": []map[string]any{{
-		"kty": "RSA", "use": "sig", "alg": "RS256", "kid": m.kid, "n": pub.N, "e": pub.E,
+	n, e, _ := standInRSAPublic(&m.signer.PublicKey)
+	standInWriteJSON(w, 200, map[string]any{"keys": []map[string]any{{
+		"kty": "RSA", "use": "sig", "alg": "RS256", "kid": m.kid, "n": n, "e": e,
 		"x5c": []string{base64.StdEncoding.EncodeToString(m.cert.Raw)},
 	}}})
 }
@@ -411,16 +414,12 @@ func (m *maaStandIn) handleAttest(w http.ResponseWriter, r *http.Request) {
 		standInAzureError(w, 400, "InvalidParameter", err.Error())
 		return
 	}
-	tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": m.kid, "jku": "https://" + m.host + "/certs"}, standInJSON(claims), m.signer, "RS256")
-	if err != nil {
-		standInAzureError(w, 500, "InternalError", err.Error())
-		return
-	}
+	tok := standInSignJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": m.kid, "jku": "https://" + m.host + "/certs"}, standInJSON(claims), m.signer)
 	m.mu.Lock()
 	m.tokens = append(m.tokens, tok)
 	m.lastClaims = claims
 	m.mu.Unlock()
-	writeJSON(w, 200, map[string]string{"token": tok})
+	standInWriteJSON(w, 200, map[string]string{"token": tok})
 }
 
 func standInJSON(v any) []byte {
@@ -605,12 +604,13 @@ func standInPEMChain(b []byte) (*platformCerts, error) {
 	if len(certs) != 3 {
 		return nil, fmt.Errorf("%d certificates, want VCEK, ASK and ARK", len(certs))
 	}
-	// MAA reads the TCB a VCEK certifies from its extensions.
-	info, err := parseVCEKExtensions(certs[0])
+	// MAA reads the TCB a VCEK certifies from its extensions; go-sev-guest
+	// reads them here, not the sidecar's parser.
+	exts, err := kds.VcekCertificateExtensions(certs[0])
 	if err != nil {
 		return nil, fmt.Errorf("VCEK: %w", err)
 	}
-	return &platformCerts{VCEK: certs[0], ASK: certs[1], ARK: certs[2], TCB: info.TCB}, nil
+	return &platformCerts{VCEK: certs[0], ASK: certs[1], ARK: certs[2], TCB: uint64(exts.TCBVersion)}, nil
 }
 
 // ---- Key Vault ----
@@ -710,7 +710,7 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	target, _ := standInString(req["target"])
-	enc := encRSAAESKeyWrapSHA1 // the presumed default when none is asked for
+	enc := "CKM_RSA_AES_KEY_WRAP" // the presumed default when none is asked for
 	if raw, ok := req["enc"]; ok {
 		enc, _ = standInString(raw)
 	}
@@ -733,19 +733,19 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 		standInAzureError(w, 400, "BadParameter", err.Error())
 		return
 	}
-	writeJSON(w, 200, map[string]string{"value": value})
+	standInWriteJSON(w, 200, map[string]string{"value": value})
 }
 
 // verifyMAAToken checks the MAA token as Key Vault does: issuer named by
 // the policy, key from the issuer's /certs (never from the token's jku),
 // RS256 signature, exp and nbf.
 func (kv *kvStandIn) verifyMAAToken(ctx context.Context, target string, policy []byte) (map[string]any, error) {
-	jws, err := parseJWS(target)
+	header, payload, err := standInParseJWS(target)
 	if err != nil {
 		return nil, err
 	}
 	var claims map[string]any
-	if err := json.Unmarshal(jws.Payload, &claims); err != nil {
+	if err := json.Unmarshal(payload, &claims); err != nil {
 		return nil, err
 	}
 	iss, _ := claims["iss"].(string)
@@ -762,20 +762,21 @@ func (kv *kvStandIn) verifyMAAToken(ctx context.Context, target string, policy [
 	if !trusted {
 		return nil, fmt.Errorf("issuer %q is not an authority of the release policy", iss)
 	}
-	pub, err := kv.fetchSigningKey(ctx, strings.TrimRight(iss, "/")+"/certs", jws.Header.Kid)
+	kid, _ := header["kid"].(string)
+	pub, err := kv.fetchSigningKey(ctx, strings.TrimRight(iss, "/")+"/certs", kid)
 	if err != nil {
 		return nil, err
 	}
-	if err := jws.verify(pub, "RS256"); err != nil {
+	if err := standInVerifyRS256(target, header, pub); err != nil {
 		return nil, err
 	}
-	if err := checkJWTTimes(claims, time.Now(), time.Minute); err != nil {
+	if err := standInCheckTimes(claims, time.Now(), time.Minute); err != nil {
 		return nil, err
 	}
 	return claims, nil
 }
 
-func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) (crypto.PublicKey, error) {
+func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) (*rsa.PublicKey, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, certsURL, nil)
 	if err != nil {
 		return nil, err
@@ -786,7 +787,10 @@ func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) 
 	}
 	defer resp.Body.Close()
 	var set struct {
-		Keys []jwk `json:"keys"`
+		Keys []struct {
+			Kid string   `json:"kid"`
+			X5C []string `json:"x5c"`
+		} `json:"keys"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
 		return nil, err
@@ -801,7 +805,11 @@ func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) 
 			if err != nil {
 				return nil, err
 			}
-			return c.PublicKey, nil
+			pub, ok := c.PublicKey.(*rsa.PublicKey)
+			if !ok {
+				return nil, fmt.Errorf("signing key %q is a %T, want RSA", kid, c.PublicKey)
+			}
+			return pub, nil
 		}
 	}
 	return nil, fmt.Errorf("no signing key %q at %s", kid, certsURL)
@@ -813,36 +821,39 @@ func kvRuntimeWrappingKey(claims map[string]any) (*rsa.PublicKey, string, error)
 	runtime, _ := claims["x-ms-runtime"].(map[string]any)
 	keys, _ := runtime["keys"].([]any)
 	for _, raw := range keys {
-		b, _ := json.Marshal(raw)
-		k, err := parseJWK(b)
-		if err != nil || k.Kty != "RSA" || k.Kid == "" {
+		k, _ := raw.(map[string]any)
+		kty, _ := k["kty"].(string)
+		kid, _ := k["kid"].(string)
+		if kty != "RSA" || kid == "" {
 			continue
 		}
-		usable := k.Use == "enc"
-		for _, op := range k.KeyOps {
+		usable := k["use"] == "enc"
+		ops, _ := k["key_ops"].([]any)
+		for _, op := range ops {
 			usable = usable || op == "encrypt"
 		}
 		if !usable {
 			continue
 		}
-		pub, err := k.PublicKey()
-		if err != nil {
-			return nil, "", err
+		n, _ := k["n"].(string)
+		e, _ := k["e"].(string)
+		nb, err1 := base64.RawURLEncoding.DecodeString(n)
+		eb, err2 := base64.RawURLEncoding.DecodeString(e)
+		if err1 != nil || err2 != nil || len(nb) == 0 || len(eb) == 0 || len(eb) > 4 {
+			return nil, "", fmt.Errorf("runtime key %q: n or e is not base64url", kid)
 		}
-		if rp, ok := pub.(*rsa.PublicKey); ok {
-			return rp, k.Kid, nil
-		}
+		return &rsa.PublicKey{N: new(big.Int).SetBytes(nb), E: int(new(big.Int).SetBytes(eb).Int64())}, kid, nil
 	}
 	return nil, "", errors.New("x-ms-runtime has no RSA key for encryption")
 }
 
 func kvEncHash(enc string) (func() hash.Hash, error) {
 	switch enc {
-	case encRSAAESKeyWrapSHA1:
+	case "CKM_RSA_AES_KEY_WRAP":
 		return sha1.New, nil
-	case encRSAAESKeyWrap256:
+	case "RSA_AES_KEY_WRAP_256":
 		return sha256.New, nil
-	case encRSAAESKeyWrap384:
+	case "RSA_AES_KEY_WRAP_384":
 		return sha512.New384, nil
 	}
 	return nil, fmt.Errorf("enc %q is not supported", enc)
@@ -862,14 +873,16 @@ func kvPublicMembers(k *kvKey) (map[string]any, error) {
 	switch m := k.material.(type) {
 	case []byte:
 	case *rsa.PrivateKey:
-		j := rsaPublicJWK(&m.PublicKey)
-		out["n"], out["e"] = j.N, j.E
+		out["n"], out["e"], _ = standInRSAPublic(&m.PublicKey)
 	case *ecdsa.PrivateKey:
-		j, err := jwkFromPrivateKey(m)
+		point, err := m.PublicKey.Bytes() // 04 ‖ x ‖ y
 		if err != nil {
 			return nil, err
 		}
-		out["crv"], out["x"], out["y"] = j.Crv, j.X, j.Y
+		size := (len(point) - 1) / 2
+		out["crv"] = m.Curve.Params().Name // P-256, P-384, P-521: JWK's names too
+		out["x"] = base64.RawURLEncoding.EncodeToString(point[1 : 1+size])
+		out["y"] = base64.RawURLEncoding.EncodeToString(point[1+size:])
 	default:
 		return nil, fmt.Errorf("key material %T", m)
 	}
@@ -889,7 +902,7 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	if toOther {
 		other := standInRSAKey(kv.t, rsaOther)
 		wrapTo = &other.PublicKey
-		wrapKid = rsaPublicJWK(wrapTo).Kid
+		_, _, wrapKid = standInRSAPublic(wrapTo)
 	}
 	newHash, err := kvEncHash(enc)
 	if err != nil {
@@ -905,7 +918,7 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	if err != nil {
 		return "", err
 	}
-	wrappedKey, err := aesKeyWrapPad(kek, plain)
+	wrappedKey, err := standInAESKeyWrapPad(kek, plain)
 	if err != nil {
 		return "", err
 	}
@@ -916,14 +929,14 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 	keyHSM := standInJSON(map[string]any{
 		"schema_version": "1.0",
 		"header":         map[string]string{"alg": "dir", "enc": enc, "kid": wrapKid},
-		"ciphertext":     b64url(ct),
+		"ciphertext":     base64.RawURLEncoding.EncodeToString(ct),
 	})
 	kid := fmt.Sprintf("https://%s/keys/%s/%s", kv.host, k.name, k.version)
 	pubKey, err := kvPublicMembers(k)
 	if err != nil {
 		return "", err
 	}
-	pubKey["kid"], pubKey["kty"], pubKey["key_hsm"] = kid, k.kty, b64url(keyHSM)
+	pubKey["kid"], pubKey["kty"], pubKey["key_hsm"] = kid, k.kty, base64.RawURLEncoding.EncodeToString(keyHSM)
 	if k.keyOps != nil {
 		pubKey["key_ops"] = k.keyOps
 	}
@@ -933,12 +946,15 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 			"attributes": map[string]any{"created": time.Now().Unix(), "updated": time.Now().Unix(), "enabled": true,
 				"exportable": true, "recoverableDays": 7, "recoveryLevel": "CustomizedRecoverable+Purgeable"},
 			"key":            pubKey,
-			"release_policy": map[string]any{"contentType": "application/json; charset=utf-8", "data": b64url(k.policy)},
+			"release_policy": map[string]any{"contentType": "application/json; charset=utf-8", "data": base64.RawURLEncoding.EncodeToString(k.policy)},
 		}},
 	})
 
 	signer := kv.signer
-	host, _, _ := net.SplitHostPort(kv.host)
+	host, _, err := net.SplitHostPort(kv.host)
+	if err != nil {
+		return "", err
+	}
 	var chain []*x509.Certificate
 	switch {
 	case untrusted:
@@ -956,7 +972,125 @@ func (kv *kvStandIn) releaseResponse(k *kvKey, enc string, claims map[string]any
 		x5c[i] = base64.StdEncoding.EncodeToString(c.Raw)
 	}
 	sum := sha256.Sum256(chain[0].Raw)
-	return signJWS(map[string]any{"alg": "RS256", "kid": b64url(sum[:]), "x5c": x5c, "x5t#S256": b64url(sum[:])}, payload, signer, "RS256")
+	thumb := base64.RawURLEncoding.EncodeToString(sum[:])
+	return standInSignJWS(map[string]any{"alg": "RS256", "kid": thumb, "x5c": x5c, "x5t#S256": thumb}, payload, signer), nil
+}
+
+// ---- JSON, JOSE and key wrap, written apart from the sidecar's own ----
+//
+// The stand-ins sign, verify and wrap with this code, never the sidecar's:
+// a mistake the two shared would otherwise pass unseen.
+
+func standInWriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// standInSignJWS signs payload as a compact RS256 JWS.
+func standInSignJWS(header map[string]any, payload []byte, key *rsa.PrivateKey) string {
+	input := base64.RawURLEncoding.EncodeToString(standInJSON(header)) + "." + base64.RawURLEncoding.EncodeToString(payload)
+	sum := sha256.Sum256([]byte(input))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
+	if err != nil {
+		panic(err)
+	}
+	return input + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// standInParseJWS splits a compact JWS; standInVerifyRS256 checks it.
+func standInParseJWS(compact string) (header map[string]any, payload []byte, err error) {
+	parts := strings.Split(compact, ".")
+	if len(parts) != 3 {
+		return nil, nil, errors.New("not a compact JWS")
+	}
+	h, err := base64.RawURLEncoding.DecodeString(parts[0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("JWS header: %w", err)
+	}
+	if err := json.Unmarshal(h, &header); err != nil {
+		return nil, nil, fmt.Errorf("JWS header: %w", err)
+	}
+	if payload, err = base64.RawURLEncoding.DecodeString(parts[1]); err != nil {
+		return nil, nil, fmt.Errorf("JWS payload: %w", err)
+	}
+	return header, payload, nil
+}
+
+// standInVerifyRS256 checks the RS256 signature of a compact JWS.
+func standInVerifyRS256(compact string, header map[string]any, pub *rsa.PublicKey) error {
+	if header["alg"] != "RS256" {
+		return fmt.Errorf("JWS alg %v, want RS256", header["alg"])
+	}
+	dot := strings.LastIndexByte(compact, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(compact[dot+1:])
+	if err != nil {
+		return fmt.Errorf("JWS signature: %w", err)
+	}
+	sum := sha256.Sum256([]byte(compact[:dot]))
+	return rsa.VerifyPKCS1v15(pub, crypto.SHA256, sum[:], sig)
+}
+
+// standInCheckTimes checks exp, nbf and iat, each when present, with skew.
+func standInCheckTimes(claims map[string]any, now time.Time, skew time.Duration) error {
+	at := func(name string) (time.Time, bool) {
+		v, ok := claims[name].(float64)
+		return time.Unix(int64(v), 0), ok
+	}
+	if exp, ok := at("exp"); ok && !now.Add(-skew).Before(exp) {
+		return fmt.Errorf("token expired at %s", exp)
+	}
+	if nbf, ok := at("nbf"); ok && now.Add(skew).Before(nbf) {
+		return fmt.Errorf("token is not valid before %s", nbf)
+	}
+	if iat, ok := at("iat"); ok && now.Add(skew).Before(iat) {
+		return fmt.Errorf("token was issued in the future, at %s", iat)
+	}
+	return nil
+}
+
+// standInRSAPublic is an RSA public key's JWK n and e, and its RFC 7638
+// thumbprint.
+func standInRSAPublic(pub *rsa.PublicKey) (n, e, thumbprint string) {
+	n = base64.RawURLEncoding.EncodeToString(pub.N.Bytes())
+	e = base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes())
+	sum := sha256.Sum256([]byte(`{"e":"` + e + `","kty":"RSA","n":"` + n + `"}`))
+	return n, e, base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// standInAESKeyWrapPad is AES key wrap with padding (RFC 5649), as Key
+// Vault wraps released keys.
+func standInAESKeyWrapPad(kek, plain []byte) ([]byte, error) {
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		return nil, err
+	}
+	if len(plain) == 0 {
+		return nil, errors.New("nothing to wrap")
+	}
+	padded := make([]byte, (len(plain)+7)/8*8)
+	copy(padded, plain)
+	var a [8]byte // the alternative initial value: A65959A6 ‖ length
+	binary.BigEndian.PutUint32(a[:4], 0xA65959A6)
+	binary.BigEndian.PutUint32(a[4:], uint32(len(plain)))
+	if len(padded) == 8 {
+		out := append(a[:], padded...)
+		block.Encrypt(out, out)
+		return out, nil
+	}
+	n := len(padded) / 8
+	buf := make([]byte, 16)
+	for j := 0; j < 6; j++ {
+		for i := 0; i < n; i++ {
+			copy(buf, a[:])
+			copy(buf[8:], padded[8*i:8*i+8])
+			block.Encrypt(buf, buf)
+			t := uint64(n*j + i + 1)
+			binary.BigEndian.PutUint64(a[:], binary.BigEndian.Uint64(buf[:8])^t)
+			copy(padded[8*i:], buf[8:])
+		}
+	}
+	return append(a[:], padded...), nil
 }
 
 // ---- release policy (version 1.0.0) ----
@@ -1121,6 +1255,7 @@ func postJSON(t *testing.T, client *http.Client, url string, header http.Header,
 }
 
 func TestMAAStandInRefuses(t *testing.T) {
+	t.Parallel()
 	tee, certs, _ := releaseTestDevice(t, deviceEmulator)
 	m := newMAAStandIn(t, certs.ARK)
 	client := getStandInPKI().client()
@@ -1151,15 +1286,15 @@ func TestMAAStandInRefuses(t *testing.T) {
 	halfZero[40] = 1
 	stdAlphabet := func() []byte {
 		inner := standInJSON(map[string]string{"SnpReport": base64.StdEncoding.EncodeToString(good), "VcekCertChain": base64.StdEncoding.EncodeToString(certs.ChainPEM)})
-		return standInJSON(map[string]any{"report": base64.StdEncoding.EncodeToString(inner), "runtimeData": map[string]string{"data": b64url(runtime), "dataType": "JSON"}})
+		return standInJSON(map[string]any{"report": base64.StdEncoding.EncodeToString(inner), "runtimeData": map[string]string{"data": base64.RawURLEncoding.EncodeToString(runtime), "dataType": "JSON"}})
 	}
 	wrongCase := func(from, to string) []byte {
 		b := build(good, runtime)
 		return bytes.Replace(b, []byte(`"`+from+`"`), []byte(`"`+to+`"`), 1)
 	}
 	innerCase := func() []byte {
-		inner := standInJSON(map[string]string{"snpReport": b64url(good), "VcekCertChain": b64url(certs.ChainPEM)})
-		return standInJSON(map[string]any{"report": b64url(inner), "runtimeData": map[string]string{"data": b64url(runtime), "dataType": "JSON"}})
+		inner := standInJSON(map[string]string{"snpReport": base64.RawURLEncoding.EncodeToString(good), "VcekCertChain": base64.RawURLEncoding.EncodeToString(certs.ChainPEM)})
+		return standInJSON(map[string]any{"report": base64.RawURLEncoding.EncodeToString(inner), "runtimeData": map[string]string{"data": base64.RawURLEncoding.EncodeToString(runtime), "dataType": "JSON"}})
 	}
 	for name, body := range map[string][]byte{
 		"other runtime data":       build(good, []byte(`{"keys":[]}`)),
@@ -1181,6 +1316,7 @@ func TestMAAStandInRefuses(t *testing.T) {
 }
 
 func TestKVStandInRefuses(t *testing.T) {
+	t.Parallel()
 	e := newReleaseEnv(t, releaseEnvOpts{})
 	client := getStandInPKI().client()
 	wk, err := wrappingKeyFrom(standInRSAKey(t, rsaOther))
@@ -1202,17 +1338,13 @@ func TestKVStandInRefuses(t *testing.T) {
 		return c
 	}
 	token := func(c map[string]any, key *rsa.PrivateKey) string {
-		tok, err := signJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": e.maa.kid}, standInJSON(c), key, "RS256")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
+		return standInSignJWS(map[string]any{"alg": "RS256", "typ": "JWT", "kid": e.maa.kid}, standInJSON(c), key)
 	}
 	maaKey := standInRSAKey(t, rsaMAASigner)
 	url := "https://" + e.kv.host + "/keys/" + keyOct + "/release?api-version=7.4"
 	bearer := http.Header{"Authorization": {"Bearer " + releaseBearer}}
 	release := func(tok string, h http.Header) (int, http.Header, string) {
-		return postJSON(t, client, url, h, standInJSON(map[string]string{"target": tok, "enc": encRSAAESKeyWrap256}))
+		return postJSON(t, client, url, h, standInJSON(map[string]string{"target": tok, "enc": "RSA_AES_KEY_WRAP_256"}))
 	}
 	if status, _, body := release(token(claims(nil), maaKey), bearer); status != 200 {
 		t.Fatalf("a genuine token was refused: %d %s", status, body)
@@ -1235,6 +1367,22 @@ func TestKVStandInRefuses(t *testing.T) {
 	} {
 		if status, _, body := release(c.tok, bearer); status != c.status {
 			t.Errorf("%s: status %d, want %d: %s", name, status, c.status, body)
+		}
+	}
+}
+
+// The stand-in's key wrap against the vectors of RFC 5649, section 6.
+func TestStandInAESKeyWrapPadVectors(t *testing.T) {
+	t.Parallel()
+	kek, _ := hex.DecodeString("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8")
+	for plain, want := range map[string]string{
+		"c37b7e6492584340bed12207808941155068f738": "138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a",
+		"466f7250617369": "afbeb0f07dfbf5419200f2ccb50bb24f",
+	} {
+		p, _ := hex.DecodeString(plain)
+		got, err := standInAESKeyWrapPad(kek, p)
+		if err != nil || hex.EncodeToString(got) != want {
+			t.Errorf("wrap(%s) = %x, %v; want %s", plain, got, err, want)
 		}
 	}
 }

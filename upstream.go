@@ -66,6 +66,9 @@ type retryPolicy struct {
 	// Retryable says whether a status is worth another try. Nil means
 	// 408, 429 and 5xx.
 	Retryable func(status int) bool
+	// Wait pauses between tries and returns early with ctx's error. Nil
+	// means a real timer; tests record the delays instead of sleeping.
+	Wait func(ctx context.Context, d time.Duration) error
 }
 
 // defaultRetry suits a request path: a handful of quick tries.
@@ -125,13 +128,24 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 		if log != nil {
 			log.Debug("retrying upstream call", "service", service, "attempt", attempt, "delay", delay, "err", err)
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, nil, fmt.Errorf("%s: %w (last error: %v)", service, ctx.Err(), lastErr)
-		case <-t.C:
+		if err := p.wait(ctx, delay); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w (last error: %v)", service, err, lastErr)
 		}
+	}
+}
+
+// wait pauses d, or until ctx ends.
+func (p retryPolicy) wait(ctx context.Context, d time.Duration) error {
+	if p.Wait != nil {
+		return p.Wait(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
