@@ -68,7 +68,10 @@
 //
 // Outbound HTTP goes through upstream.go (retries, bounded answers, typed
 // upstream errors) and redact.go (no secret reaches a log); endpoint.go checks
-// user-given hosts and normalises host names; log.go speaks the upstream
+// user-given hosts and normalises host names; flight.go lets every request
+// that needs the same token, certificates or attestation share one call;
+// keymaterial.go parses and wipes private keys; encoding.go and files.go
+// hold the JSON, base64 and file helpers; log.go speaks the upstream
 // sidecar's log levels.
 //
 // # Other commands
