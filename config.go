@@ -64,6 +64,7 @@ type serverConfig struct {
 	LogFile        string
 	Emulate        bool
 	WrappingKeyTTL time.Duration
+	ServerType     string // serverTypeHTTP or serverTypeGRPC
 }
 
 // parseServeFlags reads the flags, falling back to the environment for each
@@ -78,6 +79,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	logFile := fs.String("logfile", "", "append logs to this file instead of stderr (env LogFile)")
 	emulate := fs.Bool("emulate", false, "use the software SNP emulator; its evidence is trusted by no real verifier (env SKR_EMULATE=1)")
 	ttl := fs.Duration("wrapping-key-ttl", 5*time.Minute, "how long a wrapping key and its MAA token serve further releases; 0 = fresh per release (env SKR_WRAPPING_KEY_TTL)")
+	serverType := fs.String("server_type", serverTypeHTTP, "http (the REST API) or grpc (the key provider gRPC service; env ServerType)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: skr [serve] [FLAGS] [SkrSideCarArgs [Port]]")
 		fmt.Fprintln(stderr, "Runs the sidecar on 127.0.0.1 and ::1. Each flag falls back to its environment variable.")
@@ -137,6 +139,13 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		}
 		*ttl = d
 	}
+	if v, ok := fallback("server_type", "ServerType", -1); ok {
+		*serverType = v
+	}
+	st, err := parseServerType(*serverType)
+	if err != nil {
+		return nil, err
+	}
 	if *port < 0 || *port > 65535 {
 		return nil, fmt.Errorf("port %d is out of range", *port)
 	}
@@ -151,5 +160,6 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	if err != nil {
 		return nil, err
 	}
-	return &serverConfig{Args: skrArgs, Port: *port, LogLevel: lvl, LogFile: *logFile, Emulate: *emulate, WrappingKeyTTL: *ttl}, nil
+	return &serverConfig{Args: skrArgs, Port: *port, LogLevel: lvl, LogFile: *logFile, Emulate: *emulate, WrappingKeyTTL: *ttl,
+		ServerType: st}, nil
 }

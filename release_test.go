@@ -41,6 +41,7 @@ type releaseEnvOpts struct {
 	kvToken string            // the bearer Key Vault expects; "" = releaseBearer
 	env     map[string]string // extra environment for the server
 	args    *SkrSideCarArgs
+	grpc    bool // serve gRPC (ServerType=grpc)
 }
 
 type releaseEnv struct {
@@ -126,6 +127,9 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 		env[k] = v
 	}
 	cfg := serverConfig{WrappingKeyTTL: o.ttl, Args: o.args}
+	if o.grpc {
+		cfg.ServerType = serverTypeGRPC
+	}
 	opts := serverOptions{
 		TEE:            tee,
 		Roots:          getStandInPKI().roots(),

@@ -181,7 +181,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 		return err
 	}
 	s.logStart(ls)
-	srv := newHTTPServer(s.routes(), log)
+	srv := s.frontEnd()
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()
@@ -209,7 +209,7 @@ func (s *server) logStart(ls []net.Listener) {
 	for _, l := range ls {
 		addrs = append(addrs, l.Addr().String())
 	}
-	attrs := []any{"version", version, "listen", strings.Join(addrs, ","), "loglevel", levelName(s.cfg.LogLevel)}
+	attrs := []any{"version", version, "listen", strings.Join(addrs, ","), "server_type", s.cfg.ServerType, "loglevel", levelName(s.cfg.LogLevel)}
 	switch {
 	case s.tee == nil:
 		s.log.Warn("no SEV-SNP guest interface: attestation requests will get 503", append(attrs, "reason", s.teeErr)...)
