@@ -18,6 +18,10 @@ const (
 	maxCertSourceBody = 256 << 10
 )
 
+// mismatchedTCBWarning is logged at start and shown in /status.
+const mismatchedTCBWarning = "TESTING ONLY (-allowTestingMismatchedTCB): the container's platform certificates are treated as matching no report, " +
+	"so fresh ones are fetched for every report; never use this in production"
+
 // certKey names one set of fetched certificates.
 type certKey struct {
 	chipID [64]byte
@@ -41,12 +45,15 @@ type certProvider struct {
 	retry   retryPolicy
 	timeout time.Duration // bound of one shared fetch
 
-	local        func(context.Context) (*platformCerts, error)
-	localMu      sync.Mutex
-	localRunning chan struct{} // closed when the call in progress returns
-	localDone    bool
-	localCerts   *platformCerts // nil when there are none or they are unusable
-	localInfo    *vcekInfo
+	local func(context.Context) (*platformCerts, error)
+	// neverMatchLocal is -allowTestingMismatchedTCB: the local certificates
+	// are taken as not matching any report, so the fetch path runs.
+	neverMatchLocal bool
+	localMu         sync.Mutex
+	localRunning    chan struct{} // closed when the call in progress returns
+	localDone       bool
+	localCerts      *platformCerts // nil when there are none or they are unusable
+	localInfo       *vcekInfo
 
 	mu       sync.Mutex
 	cache    map[certKey]*platformCerts
@@ -97,6 +104,9 @@ func (p *certProvider) forReport(ctx context.Context, rep *snpReport) (*platform
 	product := p.reportProduct(rep, info)
 	if local != nil {
 		why := mismatch(local, info, rep)
+		if why == "" && p.neverMatchLocal {
+			why = "-allowTestingMismatchedTCB makes them never match"
+		}
 		if why == "" {
 			return local, nil
 		}

@@ -65,6 +65,9 @@ type serverConfig struct {
 	Emulate        bool
 	WrappingKeyTTL time.Duration
 	ServerType     string // serverTypeHTTP or serverTypeGRPC
+	// AllowTestingMismatchedTCB treats the container's platform
+	// certificates as never matching a report, so fresh ones are fetched.
+	AllowTestingMismatchedTCB bool
 }
 
 // parseServeFlags reads the flags, falling back to the environment for each
@@ -80,6 +83,7 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 	emulate := fs.Bool("emulate", false, "use the software SNP emulator; its evidence is trusted by no real verifier (env SKR_EMULATE=1)")
 	ttl := fs.Duration("wrapping-key-ttl", 5*time.Minute, "how long a wrapping key and its MAA token serve further releases; 0 = fresh per release (env SKR_WRAPPING_KEY_TTL)")
 	serverType := fs.String("server_type", serverTypeHTTP, "http (the REST API) or grpc (the key provider gRPC service; env ServerType)")
+	mismatchedTCB := fs.Bool("allowTestingMismatchedTCB", false, "TESTING ONLY: treat the container's platform certificates as not matching, so fresh ones are fetched for every report")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: skr [serve] [FLAGS] [SkrSideCarArgs [Port]]")
 		fmt.Fprintln(stderr, "Runs the sidecar on 127.0.0.1 and ::1. Each flag falls back to its environment variable.")
@@ -161,5 +165,5 @@ func parseServeFlags(args []string, getenv func(string) string, stderr io.Writer
 		return nil, err
 	}
 	return &serverConfig{Args: skrArgs, Port: *port, LogLevel: lvl, LogFile: *logFile, Emulate: *emulate, WrappingKeyTTL: *ttl,
-		ServerType: st}, nil
+		ServerType: st, AllowTestingMismatchedTCB: *mismatchedTCB}, nil
 }

@@ -80,6 +80,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
 	}
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
+	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,
@@ -210,6 +211,9 @@ func (s *server) logStart(ls []net.Listener) {
 		addrs = append(addrs, l.Addr().String())
 	}
 	attrs := []any{"version", version, "listen", strings.Join(addrs, ","), "server_type", s.cfg.ServerType, "loglevel", levelName(s.cfg.LogLevel)}
+	if s.cfg.AllowTestingMismatchedTCB {
+		s.log.Warn(mismatchedTCBWarning)
+	}
 	switch {
 	case s.tee == nil:
 		s.log.Warn("no SEV-SNP guest interface: attestation requests will get 503", append(attrs, "reason", s.teeErr)...)
