@@ -43,7 +43,7 @@ func BenchmarkUnWrapKey(b *testing.B) {
 		for _, call := range []struct {
 			name string
 			fn   func() error
-		}{{"UnWrapKey", unwrap}, {"key-release", release}} {
+		}{{"key-release", release}, {"UnWrapKey", unwrap}} {
 			b.Run(call.name+"-"+tc.name, func(b *testing.B) {
 				if err := call.fn(); err != nil { // warm up: connections, a spare key
 					b.Fatal(err)
