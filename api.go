@@ -210,6 +210,9 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s.tee != nil && s.tee.Emulated() {
 		st["warning"] = "EMULATED EVIDENCE: reports are signed by a software VCEK that no real verifier trusts"
 	}
+	if s.cfg.AllowTestingMismatchedTCB {
+		st["testing_warning"] = mismatchedTCBWarning
+	}
 	if d, ok := s.inputs.PolicyDigest(); ok {
 		st["host_data"] = fmt.Sprintf("%x", d)
 	}

@@ -27,10 +27,15 @@ func (s *server) requireTEE() error {
 
 // rawReport asks the guest interface for a report over runtimeData.
 func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *snpReport, error) {
+	return s.reportWithData(ctx, reportDataFor(runtimeData))
+}
+
+// reportWithData asks the guest interface for a report whose REPORT_DATA
+// is rd, as given.
+func (s *server) reportWithData(ctx context.Context, rd [64]byte) ([]byte, *snpReport, error) {
 	if err := s.requireTEE(); err != nil {
 		return nil, nil, err
 	}
-	rd := reportDataFor(runtimeData)
 	// One command at a time: the SNP guest channel has one message sequence
 	// number, and the ioctl paths must not interleave.
 	s.deviceMu.Lock()
@@ -104,6 +109,16 @@ type combinedResponse struct {
 	UVMEndorsements string `json:"uvm_endorsements"`
 }
 
+// newCombinedResponse is the /attest/combined bundle of ev.
+func newCombinedResponse(ev *evidence) combinedResponse {
+	return combinedResponse{
+		EndorsedTCB:     fmt.Sprintf("%016x", ev.Certs.TCB),
+		Endorsements:    base64.StdEncoding.EncodeToString(ev.Certs.ChainPEM),
+		Evidence:        base64.StdEncoding.EncodeToString(ev.Report),
+		UVMEndorsements: base64.StdEncoding.EncodeToString(ev.UVMReferenceInfo),
+	}
+}
+
 func (s *server) handleAttestCombined(w http.ResponseWriter, r *http.Request) {
 	serveJSON(s, w, r, jsonEndpoint[[]byte]{
 		decode: decodeAttestRequest,
@@ -112,12 +127,7 @@ func (s *server) handleAttestCombined(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				return nil, "", err
 			}
-			return combinedResponse{
-				EndorsedTCB:     fmt.Sprintf("%016x", ev.Certs.TCB),
-				Endorsements:    base64.StdEncoding.EncodeToString(ev.Certs.ChainPEM),
-				Evidence:        base64.StdEncoding.EncodeToString(ev.Report),
-				UVMEndorsements: base64.StdEncoding.EncodeToString(ev.UVMReferenceInfo),
-			}, "", nil
+			return newCombinedResponse(ev), "", nil
 		},
 		logOutcome: logFailures[[]byte](s.log, "attest/combined failed"),
 	})

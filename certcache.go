@@ -25,6 +25,10 @@ type localCerts struct {
 	info *vcekInfo
 }
 
+// mismatchedTCBWarning is logged at start and shown in /status.
+const mismatchedTCBWarning = "TESTING ONLY (-allowTestingMismatchedTCB): the container's platform certificates are treated as matching no report, " +
+	"so fresh ones are fetched for every report; never use this in production"
+
 // certKey names one set of fetched certificates.
 type certKey struct {
 	chipID [64]byte
@@ -45,6 +49,9 @@ type certProvider struct {
 	localMu   sync.Mutex
 	localDone bool
 	localKept localCerts
+	// neverMatchLocal is -allowTestingMismatchedTCB: the local certificates
+	// are taken as not matching any report, so the fetch path runs.
+	neverMatchLocal bool
 
 	fetches flight[certKey, *platformCerts]
 
@@ -96,6 +103,9 @@ func (p *certProvider) forReport(ctx context.Context, rep *snpReport) (*platform
 	product := p.reportProduct(rep, info)
 	if local != nil {
 		why := mismatch(local, info, rep)
+		if why == "" && p.neverMatchLocal {
+			why = "-allowTestingMismatchedTCB makes them never match"
+		}
 		if why == "" {
 			return local, nil
 		}

@@ -64,6 +64,10 @@ type serverConfig struct {
 	LogFile        string
 	Emulate        bool
 	WrappingKeyTTL time.Duration
+	ServerType     string // serverTypeHTTP or serverTypeGRPC
+	// AllowTestingMismatchedTCB treats the container's platform
+	// certificates as never matching a report, so fresh ones are fetched.
+	AllowTestingMismatchedTCB bool
 }
 
 // serveFlags holds the settings of `skr serve` as given, before they are
@@ -75,6 +79,9 @@ type serveFlags struct {
 	logFile  string
 	emulate  bool
 	ttl      time.Duration
+
+	serverType    string
+	mismatchedTCB bool
 }
 
 // noPositional marks a setting that skr.sh never passes as a positional
@@ -103,6 +110,13 @@ var serveSettings = []serveSetting{
 	setting[time.Duration]{flag: "wrapping-key-ttl", env: "SKR_WRAPPING_KEY_TTL", pos: noPositional, def: 5 * time.Minute,
 		usage: "how long a wrapping key and its MAA token serve further releases; 0 = fresh per release (env SKR_WRAPPING_KEY_TTL)",
 		field: func(f *serveFlags) *time.Duration { return &f.ttl }, parse: parseTTLSetting},
+	setting[string]{flag: "server_type", env: "ServerType", pos: noPositional, def: serverTypeHTTP,
+		usage: "http (the REST API) or grpc (the key provider gRPC service; env ServerType)",
+		field: func(f *serveFlags) *string { return &f.serverType }, parse: parseVerbatim},
+	// Flag only: a testing switch must be visible on the command line.
+	setting[bool]{flag: "allowTestingMismatchedTCB", env: "", pos: noPositional, def: false,
+		usage: "TESTING ONLY: treat the container's platform certificates as not matching, so fresh ones are fetched for every report",
+		field: func(f *serveFlags) *bool { return &f.mismatchedTCB }, parse: strconv.ParseBool},
 }
 
 func parseVerbatim(v string) (string, error) { return v, nil }
@@ -213,7 +227,10 @@ func applyFallbacks(fs *flag.FlagSet, f *serveFlags, getenv func(string) string,
 		if given[s.flagName()] {
 			continue
 		}
-		v := getenv(s.envName())
+		var v string
+		if env := s.envName(); env != "" {
+			v = getenv(env)
+		}
 		if i := s.position(); v == "" && i >= 0 && i < len(pos) {
 			v = pos[i]
 		}
@@ -239,9 +256,14 @@ func (f *serveFlags) check() (*serverConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	st, err := parseServerType(f.serverType)
+	if err != nil {
+		return nil, err
+	}
 	skrArgs, err := parseSkrSideCarArgs(f.base64)
 	if err != nil {
 		return nil, err
 	}
-	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl}, nil
+	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl,
+		ServerType: st, AllowTestingMismatchedTCB: f.mismatchedTCB}, nil
 }

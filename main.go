@@ -30,6 +30,7 @@ func init() {
 		{"serve", []string{"skr.sh"}, "run the sidecar HTTP server (the default)", runServe},
 		{"digest", []string{"securitypolicydigest"}, "print the sha-256 of a base64 security policy (x-ms-sevsnpvm-hostdata)", runDigest},
 		{"importkey", []string{"importkey"}, "import a key with a release policy into Key Vault / Managed HSM", runImportKey},
+		{"wrap", nil, "wrap a secret with an RSA key's public half for the gRPC UnWrapKey (also: skr -infile F -keypath P -outfile F)", runWrap},
 		{"attest-client", []string{"attest_client.sh"}, "the attestation test client (as Microsoft's attest_client.sh)", runAttestClient},
 		{"release-client", []string{"skr_client.sh"}, "the key-release test client (as Microsoft's skr_client.sh)", runReleaseClient},
 		{"help", nil, "print this help", runHelp},
@@ -56,7 +57,11 @@ func dispatch(argv []string, stdout, stderr io.Writer) int {
 	}
 	args := argv[1:]
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") && !isHelpFlag(args[0]) {
-		// "skr" and "skr -emulate ..." run the server, like Microsoft's binary.
+		// "skr" and "skr -emulate ..." run the server, and "skr -infile
+		// ..." wraps, like Microsoft's binary.
+		if isWrapInvocation(args) {
+			return runWrap(args, stdout, stderr)
+		}
 		return runServe(args, stdout, stderr)
 	}
 	if isHelpFlag(args[0]) {

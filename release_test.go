@@ -45,6 +45,7 @@ type releaseEnvOpts struct {
 	args    *SkrSideCarArgs
 	clock   clock                        // of the wrapping keys' reuse; nil = the system clock
 	newKey  func() (*wrappingKey, error) // nil = newWrappingKey
+	grpc    bool                         // serve gRPC (ServerType=grpc)
 }
 
 // releaseRetry keeps the production retry decisions, without their delays.
@@ -133,6 +134,9 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 		env[k] = v
 	}
 	cfg := serverConfig{WrappingKeyTTL: o.ttl, Args: o.args}
+	if o.grpc {
+		cfg.ServerType = serverTypeGRPC
+	}
 	opts := serverOptions{
 		TEE:            tee,
 		Roots:          getStandInPKI().roots(),

@@ -92,6 +92,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	}
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.certs.retry = s.retry
+	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,
@@ -200,7 +201,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 		return err
 	}
 	s.logStart(ls)
-	srv := newHTTPServer(s.routes(), log)
+	srv := s.frontEnd()
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()
@@ -228,7 +229,10 @@ func (s *server) logStart(ls []net.Listener) {
 	for _, l := range ls {
 		addrs = append(addrs, l.Addr().String())
 	}
-	attrs := []any{"version", version, "listen", strings.Join(addrs, ","), "loglevel", levelName(s.cfg.LogLevel)}
+	attrs := []any{"version", version, "listen", strings.Join(addrs, ","), "server_type", s.cfg.ServerType, "loglevel", levelName(s.cfg.LogLevel)}
+	if s.cfg.AllowTestingMismatchedTCB {
+		s.log.Warn(mismatchedTCBWarning)
+	}
 	switch {
 	case s.tee == nil:
 		s.log.Warn("no SEV-SNP guest interface: attestation requests will get 503", append(attrs, "reason", s.teeErr)...)
