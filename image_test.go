@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -188,10 +187,11 @@ func runImageChroot(t *testing.T, bin string) {
 		t.Fatalf("securitypolicydigest in the image: %v: %s", err, out)
 	}
 
-	// The sidecar through /skr.sh, with the emulator.
-	port := freePort(t)
+	// The sidecar through /skr.sh, with the emulator, on a port the kernel
+	// picks: a port found free beforehand may be taken by the time the
+	// sidecar binds it, when other tests run alongside.
 	var logs syncBuffer
-	server := chrootCmd("/skr.sh", "-port", fmt.Sprint(port), "-emulate", "-loglevel", "info")
+	server := chrootCmd("/skr.sh", "-port", "0", "-emulate", "-loglevel", "info")
 	server.Stdout, server.Stderr = &logs, &logs
 	if err := server.Start(); err != nil {
 		t.Fatalf("start /skr.sh in the chroot: %v", err)
@@ -200,7 +200,7 @@ func runImageChroot(t *testing.T, bin string) {
 		server.Process.Kill()
 		server.Wait()
 	})
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	base := "http://" + waitForListenAddr(t, &logs)
 	waitForStatus(t, base+"/status", &logs)
 	code, st := call(t, "GET", base+"/status", "")
 	if code != 200 || st["message"] != "Status OK" || st["emulated"] != true {
@@ -249,14 +249,20 @@ func waitForStatus(t *testing.T, url string, logs *syncBuffer) {
 	t.Fatalf("the server in the chroot did not answer /status in 30 s; its log:\n%s", logs.String())
 }
 
-func freePort(t *testing.T) int {
+// waitForListenAddr reads the IPv4 address the sidecar listens on from its
+// start-up log line.
+func waitForListenAddr(t *testing.T, logs *syncBuffer) string {
 	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	listen := regexp.MustCompile(`listen="?(127\.0\.0\.1:[0-9]+)`)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := listen.FindStringSubmatch(logs.String()); m != nil {
+			return m[1]
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("the server in the chroot logged no listening address in 30 s; its log:\n%s", logs.String())
+	return ""
 }
 
 func mustMkdir(t *testing.T, dir string) {
