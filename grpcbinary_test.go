@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,10 +49,9 @@ func TestBinaryServesGRPCWithoutGRPCGo(t *testing.T) {
 		if err := os.Symlink(bin, link); err != nil {
 			t.Fatal(err)
 		}
-		port := freePort(t)
 		var logs syncBuffer
 		cmd := exec.Command(link)
-		cmd.Env = []string{"ServerType=grpc", fmt.Sprintf("Port=%d", port), "SKR_EMULATE=1", "LogLevel=info"}
+		cmd.Env = []string{"ServerType=grpc", "Port=0", "SKR_EMULATE=1", "LogLevel=info"}
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -65,7 +63,7 @@ func TestBinaryServesGRPCWithoutGRPCGo(t *testing.T) {
 			cmd.Process.Kill()
 			<-exited
 		})
-		conn := dialGRPC(t, fmt.Sprintf("127.0.0.1:%d", port))
+		conn := dialGRPC(t, waitForListenAddr(t, &logs))
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		// Wait for the server as a client would: retry until it answers.
