@@ -141,6 +141,9 @@ func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	host, err := normalizeEndpoint("maa_endpoint", req.MAAEndpoint)
+	if err == nil {
+		err = s.refuseUnservedNames(host)
+	}
 	if err != nil {
 		writeError(w, err)
 		return

@@ -24,6 +24,9 @@ type tokenConfig struct {
 	// ExtraVaultHosts may also receive the identity's token, besides the
 	// Key Vault and Managed HSM names of vaultResources (tests' stand-ins).
 	ExtraVaultHosts []string
+	// Emulated is the identity of the emulated vaults (-emulate): it
+	// answers for the hosts it claims, instead of the environment's.
+	Emulated func(vaultHost string) (identitySource, bool)
 }
 
 const (
@@ -122,14 +125,11 @@ func vaultToken(ctx context.Context, client *http.Client, log *slog.Logger, vaul
 // tenant Y)", "managed identity via IMDS (client id X)" or "managed
 // identity via IMDS (system-assigned)"), for error messages.
 func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, source string, err error) {
-	if err := p.mayReceiveToken(vaultHost); err != nil {
-		return "", "", err
-	}
-	resource := vaultResource(vaultHost)
-	src, err := p.identity()
+	src, err := p.identityFor(vaultHost)
 	if err != nil {
 		return "", "", err
 	}
+	resource := vaultResource(vaultHost)
 	key := tokenKey{src.name, resource}
 
 	p.mu.Lock()
@@ -163,7 +163,7 @@ func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, sou
 // (revoked, or its role assignment changed), so the next call fetches anew
 // instead of failing until the token expires hours later.
 func (p *tokenProvider) Forget(vaultHost string) {
-	src, err := p.identity()
+	src, err := p.identityFor(vaultHost)
 	if err != nil {
 		return
 	}
@@ -197,6 +197,21 @@ func (p *tokenProvider) runFetch(ctx context.Context, key tokenKey, src identity
 type identitySource struct {
 	name  string
 	fetch func(ctx context.Context, resource string) (string, time.Time, error)
+}
+
+// identityFor is the emulated identity for the emulated vaults, else the
+// environment's identity, whose token goes to Key Vault and Managed HSM
+// hosts only.
+func (p *tokenProvider) identityFor(vaultHost string) (identitySource, error) {
+	if p.cfg.Emulated != nil {
+		if src, ok := p.cfg.Emulated(vaultHost); ok {
+			return src, nil
+		}
+	}
+	if err := p.mayReceiveToken(vaultHost); err != nil {
+		return identitySource{}, err
+	}
+	return p.identity()
 }
 
 // identity picks AKS workload identity when its three variables are set,
@@ -428,7 +443,7 @@ func vaultResource(host string) string {
 			return v.resource
 		}
 	}
-	if strings.Contains(host, "managedhsm") {
+	if strings.Contains(host, "managedhsm") || host == emulatedHSMHost {
 		return "https://managedhsm.azure.net"
 	}
 	return "https://vault.azure.net"

@@ -28,6 +28,7 @@ type serverOptions struct {
 	SecurityContextRoot string              // where security-context-* is looked for; "" = "/"
 	RequestTimeout      time.Duration       // overall deadline of one request; 0 = 30 s
 	IdentityTokenHosts  []string            // vault hosts besides *.vault.azure.net & co. that may get the identity's token
+	AzureKeys           *emulatedAzureKeys  // keys of the emulated Azure services (-emulate); nil = made at start
 }
 
 // server holds everything the handlers share.
@@ -46,6 +47,7 @@ type server struct {
 	client *http.Client // for every upstream service
 	tokens *tokenProvider
 	rel    *releaser
+	azure  *emulatedAzure // the emulated MAA and vaults; nil without -emulate
 
 	deviceMu sync.Mutex // serializes guest device commands
 }
@@ -79,6 +81,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		}
 		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
 	}
+	s.startEmulatedAzure(opts.AzureKeys, opts.Roots)
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
@@ -86,6 +89,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Client:           s.client,
 		Log:              log,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
+		Emulated:         s.emulatedIdentitySource,
 	})
 	s.rel = newReleaser(s)
 	return s, nil
@@ -181,7 +185,7 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 		return err
 	}
 	s.logStart(ls)
-	srv := newHTTPServer(s.routes(), log)
+	srv := newHTTPServer(s.routeEmulatedAzure(s.routes()), log)
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()
@@ -219,6 +223,7 @@ func (s *server) logStart(ls []net.Listener) {
 	default:
 		s.log.Warn("skr sidecar started", append(attrs, "tee", s.tee.Name())...)
 	}
+	s.logEmulatedAzure()
 	if d, ok := s.inputs.PolicyDigest(); ok {
 		s.log.Info("security policy found", "source", s.inputs.Source, "host_data", fmt.Sprintf("%x", d))
 	}
