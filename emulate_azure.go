@@ -228,7 +228,7 @@ type emulatedAzure struct {
 
 // emulatedAzureConfig is what the emulated services take from the sidecar.
 type emulatedAzureConfig struct {
-	Keys     *emulatedAzureKeys                           // nil = made now, in the background
+	Keys     *emulatedAzureKeys                            // nil = made now, in the background
 	Trust    func(context.Context) (*platformCerts, error) // the AMD chain the emulated MAA trusts; nil = none
 	HostData [32]byte
 	Upstream *http.Client // how other hosts are reached
