@@ -357,9 +357,10 @@ func renderClaimValue(v any) string {
 	return claimValueString(v)
 }
 
-// String explains the verdict in one line: which entry was met, or which
-// came closest and each condition it failed with the value the policy
-// wants and the value the token carries.
+// String explains the verdict in one line, to follow "the release policy
+// is met" or "is not met": which entry was met, or which came closest and
+// each condition it failed with the value the policy wants and the value
+// the token carries.
 func (v policyVerdict) String() string {
 	if v.Closest < 0 || v.Closest >= len(v.Branches) {
 		return "the release policy has no authorities"
@@ -367,7 +368,7 @@ func (v policyVerdict) String() string {
 	b := v.Branches[v.Closest]
 	where := fmt.Sprintf("anyOf[%d] (authority %s)", v.Closest, b.Authority)
 	if v.Met {
-		return "the release policy is met by " + where
+		return "met by " + where
 	}
 	var parts []string
 	if !b.AuthorityMatch {
@@ -380,11 +381,11 @@ func (v policyVerdict) String() string {
 	for _, f := range b.Failures {
 		parts = append(parts, f.String())
 	}
-	closest := "closest"
+	entry := "the closest entry"
 	if len(v.Branches) == 1 {
-		closest = "its only entry"
+		entry = "its only entry"
 	}
-	return fmt.Sprintf("the release policy is not met; %s is %s: %s", closest, where, strings.Join(parts, "; "))
+	return fmt.Sprintf("%s, %s, fails: %s", entry, where, strings.Join(parts, "; "))
 }
 
 func (f conditionFailure) String() string {
