@@ -60,9 +60,7 @@ func errNotEmulating(host string) error {
 // services: the run's CA, the MAA and vault signing keys, the identity's
 // key and the demo keys. Made once, in the background, kept in memory only.
 type emulatedAzureKeys struct {
-	ready chan struct{} // closed when the fields below are set
-	err   error
-	took  time.Duration
+	*backgroundWork // the fields below are set once it is done
 
 	caCert *x509.Certificate
 	caPool *x509.CertPool
@@ -94,39 +92,17 @@ const emulatedRSABitsAzure = 2048
 // newEmulatedAzureKeys starts making the keys and returns at once: RSA key
 // generation must not delay start-up or the first /status.
 func newEmulatedAzureKeys(log *slog.Logger) *emulatedAzureKeys {
-	k := &emulatedAzureKeys{ready: make(chan struct{})}
-	go func() {
+	k := &emulatedAzureKeys{}
+	k.backgroundWork = startBackground("the emulated Azure services' keys", func() error {
 		start := time.Now()
-		k.err = k.generate()
-		k.took = time.Since(start)
-		if k.err != nil {
-			log.Error("emulated Azure: making its keys failed", "err", k.err)
-		} else {
-			log.Info("emulated Azure ready: run CA, MAA and vault signing keys, demo keys made", "duration", k.took.Round(time.Millisecond))
+		if err := k.generate(); err != nil {
+			log.Error("emulated Azure: making its keys failed", "err", err)
+			return err
 		}
-		close(k.ready)
-	}()
+		log.Info("emulated Azure ready: run CA, MAA and vault signing keys, demo keys made", "duration", time.Since(start).Round(time.Millisecond))
+		return nil
+	})
 	return k
-}
-
-// wait blocks until the keys are made or ctx ends.
-func (k *emulatedAzureKeys) wait(ctx context.Context) error {
-	select {
-	case <-k.ready:
-		return k.err
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for the emulated Azure services' keys: %w", context.Cause(ctx))
-	}
-}
-
-// readyNow reports, without waiting, whether the keys are usable.
-func (k *emulatedAzureKeys) readyNow() bool {
-	select {
-	case <-k.ready:
-		return k.err == nil
-	default:
-		return false
-	}
 }
 
 func (k *emulatedAzureKeys) generate() error {
@@ -277,7 +253,7 @@ func (a *emulatedAzure) rootsFor(host string) *x509.CertPool {
 	if !isEmulatedName(host) {
 		return a.roots
 	}
-	if !a.keys.readyNow() {
+	if !a.keys.succeeded() {
 		return x509.NewCertPool()
 	}
 	return a.keys.caPool

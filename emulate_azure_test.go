@@ -411,7 +411,7 @@ func TestEmulatedCATrustedOnlyForEmulatedNames(t *testing.T) {
 	if _, err := verifyReleaseJWS(jws, emulatedVaultHost, nil, time.Now()); err == nil {
 		t.Error("the run's CA is among the system roots")
 	}
-	notReady := &emulatedAzure{keys: &emulatedAzureKeys{ready: make(chan struct{})}}
+	notReady := &emulatedAzure{keys: &emulatedAzureKeys{backgroundWork: &backgroundWork{what: "the emulated Azure services' keys", ready: make(chan struct{})}}}
 	if _, err := verifyReleaseJWS(jws, emulatedVaultHost, notReady.rootsFor(emulatedVaultHost), time.Now()); err == nil {
 		t.Error("roots of keys not yet made verify an answer")
 	}
@@ -420,7 +420,7 @@ func TestEmulatedCATrustedOnlyForEmulatedNames(t *testing.T) {
 // /status answers while the emulated services' keys are still being made,
 // and a release waits for them only as long as its deadline.
 func TestEmulatedAzureKeysOffTheStartPath(t *testing.T) {
-	never := &emulatedAzureKeys{ready: make(chan struct{})}
+	never := &emulatedAzureKeys{backgroundWork: &backgroundWork{what: "the emulated Azure services' keys", ready: make(chan struct{})}}
 	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: never, RequestTimeout: 300 * time.Millisecond})
 	status, out := call(t, "GET", base+"/status", "")
 	if status != 200 || out["emulated_azure"] == nil {
