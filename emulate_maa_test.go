@@ -218,6 +218,20 @@ func TestEmulatedMAARefuses(t *testing.T) {
 	// Another machine's VCEK presented with the trusted ASK and ARK.
 	mixed := &evidence{Report: otherRaw, Certs: assemblePlatformCerts(otherCerts.VCEK, good.Certs.ASK, good.Certs.ARK, otherCerts.TCB)}
 
+	// Reports the VCEK signs but does not certify: another TCB, another chip.
+	resigned := func(off int, b byte) *evidence {
+		ev := *good
+		ev.Report = bytes.Clone(good.Report)
+		ev.Report[off] ^= b
+		if err := signReport(ev.Report, newTestEmulator(t, nil).(*emulator).id.vcek); err != nil {
+			t.Fatal(err)
+		}
+		return &ev
+	}
+	otherTCB := resigned(0x180, 1)  // REPORTED_TCB's boot loader SPL
+	otherChip := resigned(0x1A0, 1) // CHIP_ID
+	stillGood := resigned(0x0E0, 1) // ID_KEY_DIGEST: signed, nothing to certify
+
 	body := func(ev *evidence, rt []byte) []byte { return maaRequestBody(t, ev, rt) }
 	inner := func(bundle map[string]string) []byte {
 		b, _ := json.Marshal(bundle)
@@ -241,6 +255,8 @@ func TestEmulatedMAARefuses(t *testing.T) {
 		"VCEK from another chain":         {body(otherChain, runtime), "does not verify"},
 		"another VCEK, trusted ASK/ARK":   {body(mixed, runtime), "does not verify"},
 		"REPORT_DATA mismatch":            {body(good, []byte(`{"keys":[1]}`)), "REPORT_DATA"},
+		"TCB the VCEK does not certify":   {body(otherTCB, runtime), "REPORTED_TCB"},
+		"chip the VCEK is not for":        {body(otherChip, runtime), "CHIP_ID"},
 		"HOST_DATA is not initTimeData's": {initTime("not the policy"), "HOST_DATA"},
 		"runtimeData casing":              {replace(body(good, runtime), `"runtimeData"`, `"RuntimeData"`), "case-sensitive"},
 		"dataType casing":                 {replace(body(good, runtime), `"dataType"`, `"datatype"`), "case-sensitive"},
@@ -293,6 +309,9 @@ func TestEmulatedMAARefuses(t *testing.T) {
 		if status, _, raw := emulatedCall(t, a, "POST", u, nil, b); status != 200 {
 			t.Errorf("%s: %d %s", name, status, raw)
 		}
+	}
+	if status, _, raw := emulatedCall(t, a, "POST", emulatedMAAURL, nil, body(stillGood, runtime)); status != 200 {
+		t.Errorf("a re-signed report: %d %s (the refusals above are not about re-signing)", status, raw)
 	}
 	if status, _, raw := emulatedCall(t, a, "POST", emulatedMAAURL, nil, zeroPolicyInit); status != 400 {
 		// HOST_DATA is zero without a policy, and sha256("") is not zero.
