@@ -63,8 +63,8 @@ var errForeignToken = errors.New("not a token of the emulated identity")
 // check verifies a token of the emulated identity for resource. It returns
 // errForeignToken for any other token, and another error for a token that
 // claims to be the identity's but does not verify, is expired, or is for
-// another audience.
-func (id *emulatedIdentity) check(ctx context.Context, token, resource string) error {
+// another audience. The caller has waited for the run's keys.
+func (id *emulatedIdentity) check(token, resource string) error {
 	jws, err := parseJWS(token)
 	if err != nil {
 		return errForeignToken
@@ -74,9 +74,6 @@ func (id *emulatedIdentity) check(ctx context.Context, token, resource string) e
 	dec.UseNumber()
 	if dec.Decode(&claims) != nil {
 		return errForeignToken
-	}
-	if err := id.azure.keys.wait(ctx); err != nil {
-		return err
 	}
 	iss, _ := claims["iss"].(string)
 	ours := subtle.ConstantTimeCompare([]byte(jws.Header.Kid), []byte(id.azure.keys.identityKid)) == 1

@@ -112,17 +112,17 @@ func (v *emulatedVault) kind() string {
 }
 
 // ServeHTTP checks what every Key Vault request needs, bearer token first,
-// then routes.
+// then routes. Until the run's keys are made the vault is unavailable.
 func (v *emulatedVault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := v.azure.keys.wait(r.Context()); err != nil {
+		writeAzureError(w, http.StatusServiceUnavailable, "ServiceUnavailable", err.Error())
+		return
+	}
 	if !v.authorize(w, r) {
 		return
 	}
 	if r.URL.Query().Get("api-version") == "" {
 		writeAzureError(w, http.StatusBadRequest, "BadParameter", "The 'api-version' query parameter is required, e.g. ?api-version=7.4")
-		return
-	}
-	if err := v.azure.keys.wait(r.Context()); err != nil {
-		writeAzureError(w, http.StatusServiceUnavailable, "ServiceUnavailable", err.Error())
 		return
 	}
 	v.seedOnce.Do(v.seedDemoKeys)
@@ -140,7 +140,7 @@ func (v *emulatedVault) authorize(w http.ResponseWriter, r *http.Request) bool {
 		v.challenge(w, "AKV10000: Request is missing a Bearer or PoP token.")
 		return false
 	}
-	if err := v.azure.identity.check(r.Context(), tok, v.resource); err != nil && !errors.Is(err, errForeignToken) {
+	if err := v.azure.identity.check(tok, v.resource); err != nil && !errors.Is(err, errForeignToken) {
 		v.challenge(w, "AKV10032: Invalid bearer token: "+err.Error())
 		return false
 	}
