@@ -219,5 +219,8 @@ func (s *server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if s.inputs.Source != "" {
 		st["security_context"] = s.inputs.Source
 	}
+	if a := s.emulatedAzureStatus(); a != nil {
+		st["emulated_azure"] = a
+	}
 	writeJSON(w, http.StatusOK, st)
 }

@@ -145,12 +145,15 @@ type maaAttestParams struct {
 }
 
 // decodeMAAAttestRequest parses and validates the body of /attest/maa.
-func decodeMAAAttestRequest(r *http.Request) (maaAttestParams, error) {
+func (s *server) decodeMAAAttestRequest(r *http.Request) (maaAttestParams, error) {
 	var req maaAttestRequest
 	if err := decodeBody(r, &req); err != nil {
 		return maaAttestParams{}, err
 	}
 	host, err := normalizeEndpoint("maa_endpoint", req.MAAEndpoint)
+	if err == nil {
+		err = s.refuseUnservedNames(host)
+	}
 	if err != nil {
 		return maaAttestParams{}, err
 	}
@@ -163,7 +166,7 @@ func decodeMAAAttestRequest(r *http.Request) (maaAttestParams, error) {
 
 func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
 	serveJSON(s, w, r, jsonEndpoint[maaAttestParams]{
-		decode: decodeMAAAttestRequest,
+		decode: s.decodeMAAAttestRequest,
 		call: func(ctx context.Context, p maaAttestParams) (any, string, error) {
 			ev, err := s.evidence(ctx, p.RuntimeData)
 			if err != nil {

@@ -46,44 +46,30 @@ var emulatedTCB = tcbParts{BL: 4, TEE: 0, SNP: 0x18, Ucode: 0xDB}
 // emulatorIdentity is one emulated machine: its keys, chain and per-run
 // identifiers. Made once per run, in the background.
 type emulatorIdentity struct {
-	ready chan struct{} // closed when the fields below are set
-	err   error
+	*backgroundWork // the fields below are set once it is done
 
 	vcek        *ecdsa.PrivateKey
 	certs       *platformCerts
 	chipID      [64]byte
 	measurement [48]byte
 	reportID    [32]byte
-	took        time.Duration
 }
 
 // newEmulatorIdentity starts making an identity and returns at once:
 // generating RSA keys must not delay start-up or /status.
 func newEmulatorIdentity(rsaBits int, log *slog.Logger) *emulatorIdentity {
-	id := &emulatorIdentity{ready: make(chan struct{})}
-	go func() {
+	id := &emulatorIdentity{}
+	id.backgroundWork = startBackground("the SNP emulator's keys", func() error {
 		start := time.Now()
-		id.err = id.generate(rsaBits)
-		id.took = time.Since(start)
-		if id.err != nil {
-			log.Error("SNP emulator: making its keys failed", "err", id.err)
-		} else {
-			// Public facts only: never a key.
-			log.Info("SNP emulator ready: emulated VCEK, ASK and ARK made", "duration", id.took.Round(time.Millisecond), "tcb", fmt.Sprintf("%016x", id.certs.TCB))
+		if err := id.generate(rsaBits); err != nil {
+			log.Error("SNP emulator: making its keys failed", "err", err)
+			return err
 		}
-		close(id.ready)
-	}()
+		// Public facts only: never a key.
+		log.Info("SNP emulator ready: emulated VCEK, ASK and ARK made", "duration", time.Since(start).Round(time.Millisecond), "tcb", fmt.Sprintf("%016x", id.certs.TCB))
+		return nil
+	})
 	return id
-}
-
-// wait blocks until the identity is made or ctx ends.
-func (id *emulatorIdentity) wait(ctx context.Context) error {
-	select {
-	case <-id.ready:
-		return id.err
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for the SNP emulator's keys: %w", context.Cause(ctx))
-	}
 }
 
 func (id *emulatorIdentity) generate(rsaBits int) error {

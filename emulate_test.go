@@ -223,7 +223,9 @@ func TestPutLittleEndian(t *testing.T) {
 
 // pendingIdentity never becomes ready: what the emulator is while its keys
 // are still being made.
-func pendingIdentity() *emulatorIdentity { return &emulatorIdentity{ready: make(chan struct{})} }
+func pendingIdentity() *emulatorIdentity {
+	return &emulatorIdentity{backgroundWork: &backgroundWork{what: "the SNP emulator's keys", ready: make(chan struct{})}}
+}
 
 func TestEmulatorWaitsForKeysWithinTheDeadline(t *testing.T) {
 	t.Parallel()
@@ -240,7 +242,7 @@ func TestEmulatorWaitsForKeysWithinTheDeadline(t *testing.T) {
 
 func TestEmulatorKeyFailureIsReported(t *testing.T) {
 	t.Parallel()
-	id := &emulatorIdentity{ready: make(chan struct{}), err: errors.New("no entropy")}
+	id := &emulatorIdentity{backgroundWork: &backgroundWork{ready: make(chan struct{}), err: errors.New("no entropy")}}
 	close(id.ready)
 	if _, err := newEmulatorWith(id, nil).GetReport(context.Background(), [64]byte{}); err == nil || !strings.Contains(err.Error(), "no entropy") {
 		t.Fatalf("err = %v", err)

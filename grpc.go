@@ -41,10 +41,11 @@ func parseServerType(v string) (string, error) {
 // server also answers the REST API to plain HTTP requests, so /status
 // stays reachable for probes and debugging.
 func (s *server) frontEnd() *http.Server {
+	rest := s.routeEmulatedAzure(s.routes())
 	if s.cfg.ServerType != serverTypeGRPC {
-		return newHTTPServer(s.routes(), s.log)
+		return newHTTPServer(rest, s.log)
 	}
-	srv := newHTTPServer(s.grpcRoutes(s.routes()), s.log)
+	srv := newHTTPServer(s.grpcRoutes(rest), s.log)
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)

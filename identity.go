@@ -24,6 +24,9 @@ type tokenConfig struct {
 	// ExtraVaultHosts may also receive the identity's token, besides the
 	// Key Vault and Managed HSM names of vaultResources (tests' stand-ins).
 	ExtraVaultHosts []string
+	// Emulated is the identity of the emulated vaults (-emulate): it
+	// answers for the hosts it claims, instead of the environment's.
+	Emulated func(vaultHost string) (identitySource, bool)
 }
 
 const (
@@ -110,14 +113,11 @@ func newTokenProvider(cfg tokenConfig) *tokenProvider {
 // tenant Y)", "managed identity via IMDS (client id X)" or "managed
 // identity via IMDS (system-assigned)"), for error messages.
 func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, source string, err error) {
-	if err := p.mayReceiveToken(vaultHost); err != nil {
-		return "", "", err
-	}
-	resource := vaultResource(vaultHost)
-	src, err := p.identity()
+	src, err := p.identityFor(vaultHost)
 	if err != nil {
 		return "", "", err
 	}
+	resource := vaultResource(vaultHost)
 	key := tokenKey{src.name, resource}
 	cached := func() (string, bool) {
 		p.mu.Lock()
@@ -137,7 +137,7 @@ func (p *tokenProvider) Token(ctx context.Context, vaultHost string) (token, sou
 // (revoked, or its role assignment changed), so the next call fetches anew
 // instead of failing until the token expires hours later.
 func (p *tokenProvider) Forget(vaultHost string) {
-	src, err := p.identity()
+	src, err := p.identityFor(vaultHost)
 	if err != nil {
 		return
 	}
@@ -166,6 +166,21 @@ func (p *tokenProvider) fetch(ctx context.Context, key tokenKey, src identitySou
 type identitySource struct {
 	name  string
 	fetch func(ctx context.Context, resource string) (string, time.Time, error)
+}
+
+// identityFor is the emulated identity for the emulated vaults, else the
+// environment's identity, whose token goes to Key Vault and Managed HSM
+// hosts only.
+func (p *tokenProvider) identityFor(vaultHost string) (identitySource, error) {
+	if p.cfg.Emulated != nil {
+		if src, ok := p.cfg.Emulated(vaultHost); ok {
+			return src, nil
+		}
+	}
+	if err := p.mayReceiveToken(vaultHost); err != nil {
+		return identitySource{}, err
+	}
+	return p.identity()
 }
 
 // identity picks AKS workload identity when its three variables are set,
@@ -397,7 +412,7 @@ func vaultResource(host string) string {
 			return v.resource
 		}
 	}
-	if strings.Contains(host, "managedhsm") {
+	if strings.Contains(host, "managedhsm") || host == emulatedHSMHost {
 		return "https://managedhsm.azure.net"
 	}
 	return "https://vault.azure.net"

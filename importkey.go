@@ -43,6 +43,7 @@ type importFlags struct {
 	Out    bool   // -out: write the symmetric key (oct, or derived from RSA d)
 	DryRun bool
 	KeyDir string
+	Port   int // the emulating sidecar's port, for the emulated vaults
 }
 
 // importKeyEnv is what tests replace: the HTTP client (and so the trust
@@ -92,6 +93,9 @@ func (env importKeyEnv) withDefaults() importKeyEnv {
 func importKey(fl *importFlags, stdout, stderr io.Writer, env importKeyEnv) error {
 	plan, err := loadImportPlan(fl)
 	if err != nil {
+		return err
+	}
+	if err := prepareEmulatedImport(fl, plan, &env); err != nil {
 		return err
 	}
 	for _, w := range plan.Warnings {
@@ -159,7 +163,7 @@ func importBearerToken(ctx context.Context, fl *importFlags, plan *importPlan, e
 func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {
 	fl := &importFlags{}
 	fs := newCommandFlags("skr importkey", stderr,
-		"Usage: skr importkey -c CONFIG [-kh HEX|FILE] [-kp PEM] [-a] [-out] [-dry-run] [-keydir DIR]   (link: importkey)",
+		"Usage: skr importkey -c CONFIG [-kh HEX|FILE] [-kp PEM] [-a] [-out] [-dry-run] [-keydir DIR] [-port N]   (link: importkey)",
 		"Imports a key with a secure-key-release policy into Azure Key Vault Premium or Managed HSM.")
 	fs.StringVar(&fl.Config, "c", "", "importkeyconfig.json (required)")
 	fs.StringVar(&fl.KeyHex, "kh", "", "oct-HSM key: hex, or a file holding it as hex or as raw bytes (16, 24 or 32 bytes); default: generated")
@@ -168,6 +172,7 @@ func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {
 	fs.BoolVar(&fl.Out, "out", false, "write the symmetric key as hex (mode 0600): the oct-HSM key, or for RSA-HSM a key derived with HKDF-SHA256 from the private exponent (key_derivation salt/label)")
 	fs.BoolVar(&fl.DryRun, "dry-run", false, "print the release policy and the request (private key material and token redacted); send and write nothing")
 	fs.StringVar(&fl.KeyDir, "keydir", ".", "folder for the key files written (KID.pem, KID.hex, KID.derived.hex)")
+	fs.IntVar(&fl.Port, "port", 0, "for "+emulatedVaultHost+" and "+emulatedHSMHost+": the port of the skr -emulate sidecar on 127.0.0.1 that serves them (default: env Port, else 8080)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, 0

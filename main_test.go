@@ -63,6 +63,9 @@ func startTestServer(t testing.TB, cfg serverConfig, opts serverOptions) (string
 	if opts.SecurityContextRoot == "" {
 		opts.SecurityContextRoot = t.TempDir()
 	}
+	if cfg.Emulate && opts.AzureKeys == nil {
+		opts.AzureKeys = sharedAzureKeys() // made once per test binary
+	}
 	if opts.GuestInterfaces == nil {
 		// Never the machine's own device, so that the tests behave the same
 		// on an SNP VM (TestRealHardware is the one that uses it).

@@ -9,14 +9,18 @@ import (
 )
 
 // Release policies: the claims Key Vault checks an MAA token against before
-// it releases a key. importkey builds them; the sidecar never reads one.
+// it releases a key. importkey builds them; policyeval.go evaluates them.
 
-// releaseClaim is one condition of a release policy. Equals keeps the
-// value's JSON as written (production policies write "false" and "0" as
+// releaseClaim is one condition of a release policy: a claim with its
+// operator (equals or exists), or a nested allOf / anyOf group. Values keep
+// their JSON as written (production policies write "false" and "0" as
 // strings, and the service compares string forms).
 type releaseClaim struct {
-	Claim  string          `json:"claim"`
-	Equals json.RawMessage `json:"equals"`
+	Claim  string          `json:"claim,omitempty"`
+	Equals json.RawMessage `json:"equals,omitempty"`
+	Exists json.RawMessage `json:"exists,omitempty"`
+	AllOf  []releaseClaim  `json:"allOf,omitempty"`
+	AnyOf  []releaseClaim  `json:"anyOf,omitempty"`
 }
 
 type claimSets [][]releaseClaim
@@ -39,15 +43,19 @@ func (c *claimSets) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// releasePolicy is the policy grammar's subset importkey writes.
+// releasePolicy is a release policy: importkey writes one authority entry
+// with an allOf list per claims list; policyeval.go reads the whole grammar.
 type releasePolicy struct {
 	Version string            `json:"version"`
 	AnyOf   []policyAuthority `json:"anyOf"`
 }
 
+// policyAuthority is one anyOf entry: the MAA whose tokens it accepts and
+// exactly one of allOf / anyOf.
 type policyAuthority struct {
 	Authority string         `json:"authority"`
-	AllOf     []releaseClaim `json:"allOf"`
+	AllOf     []releaseClaim `json:"allOf,omitempty"`
+	AnyOf     []releaseClaim `json:"anyOf,omitempty"`
 }
 
 // wireReleasePolicy is how a policy travels to Key Vault.
@@ -117,6 +125,9 @@ func checkClaim(c releaseClaim) error {
 	}
 	if len(c.Equals) == 0 {
 		return fmt.Errorf(`claim %q has no "equals" value`, c.Claim)
+	}
+	if len(c.Exists) > 0 || c.AllOf != nil || c.AnyOf != nil {
+		return fmt.Errorf(`claim %q: importkey writes {"claim", "equals"} conditions only`, c.Claim)
 	}
 	var v any
 	if err := json.Unmarshal(c.Equals, &v); err != nil {

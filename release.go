@@ -126,6 +126,9 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 // releaseKey does one release and returns the key as a JWK JSON string, or
 // the step that failed.
 func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step string, err error) {
+	if err := s.refuseUnservedNames(p.MAAHost, p.VaultHost); err != nil {
+		return "", "request", err
+	}
 	// Before any token is fetched: without evidence there is no release.
 	if err := s.requireTEE(); err != nil {
 		return "", "evidence", err
@@ -152,7 +155,7 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	}
 	s.log.Log(ctx, levelTrace, "Key Vault answered", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "duration", time.Since(start).Round(time.Microsecond))
 
-	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.upstreamRoots(), time.Now())
+	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.releaseRoots(p.VaultHost), time.Now())
 	if err != nil {
 		return "", "verify", newError(kindDenied, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
 	}

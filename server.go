@@ -35,6 +35,7 @@ type serverOptions struct {
 	Retry        *retryPolicy
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
+	AzureKeys           *emulatedAzureKeys  // keys of the emulated Azure services (-emulate); nil = made at start
 }
 
 // server holds everything the handlers share.
@@ -54,6 +55,7 @@ type server struct {
 	client *http.Client // for every upstream service
 	tokens *tokenProvider
 	rel    *releaser
+	azure  *emulatedAzure // the emulated MAA and vaults; nil without -emulate
 
 	deviceMu sync.Mutex // serializes guest device commands
 }
@@ -90,6 +92,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		}
 		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
 	}
+	s.startEmulatedAzure(opts.AzureKeys, opts.Roots)
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.certs.retry = s.retry
 	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
@@ -99,6 +102,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Client:           s.client,
 		Log:              log,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
+		Emulated:         s.emulatedIdentitySource,
 	})
 	s.rel = newReleaser(releaserConfig{
 		TTL:     cfg.WrappingKeyTTL,
@@ -242,6 +246,7 @@ func (s *server) logStart(ls []net.Listener) {
 	default:
 		s.log.Warn("skr sidecar started", append(attrs, "tee", s.tee.Name())...)
 	}
+	s.logEmulatedAzure()
 	if d, ok := s.inputs.PolicyDigest(); ok {
 		s.log.Info("security policy found", "source", s.inputs.Source, "host_data", fmt.Sprintf("%x", d))
 	}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// backgroundWork is work started at once whose outcome callers wait for,
+// each only as long as its own deadline allows: key generation that must
+// not delay start-up or the first /status.
+type backgroundWork struct {
+	what  string        // what is being made, for the error of a caller that gave up
+	ready chan struct{} // closed once err and took are set
+	err   error
+	took  time.Duration
+}
+
+// startBackground runs work in a goroutine and returns at once.
+func startBackground(what string, work func() error) *backgroundWork {
+	b := &backgroundWork{what: what, ready: make(chan struct{})}
+	go func() {
+		start := time.Now()
+		b.err = work()
+		b.took = time.Since(start)
+		close(b.ready)
+	}()
+	return b
+}
+
+// wait blocks until the work is done or ctx ends.
+func (b *backgroundWork) wait(ctx context.Context) error {
+	select {
+	case <-b.ready:
+		return b.err
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for %s: %w", b.what, context.Cause(ctx))
+	}
+}
+
+// succeeded reports, without waiting, whether the work is done and did
+// not fail.
+func (b *backgroundWork) succeeded() bool {
+	select {
+	case <-b.ready:
+		return b.err == nil
+	default:
+		return false
+	}
+}
