@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -31,6 +32,8 @@ func init() {
 		{"digest", []string{"securitypolicydigest"}, "print the sha-256 of a base64 security policy (x-ms-sevsnpvm-hostdata)", runDigest},
 		{"importkey", []string{"importkey"}, "import a key with a release policy into Key Vault / Managed HSM", runImportKey},
 		{"wrap", nil, "wrap a secret with an RSA key's public half for the gRPC UnWrapKey (also: skr -infile F -keypath P -outfile F)", runWrap},
+		{"probe", nil, "ask a running sidecar's /readyz or /livez, for exec probes (exit 0 or 1)", runProbe},
+		{"version", nil, "print the version, commit, Go version and module versions", runVersion},
 		{"attest-client", []string{"attest_client.sh"}, "the attestation test client (as Microsoft's attest_client.sh)", runAttestClient},
 		{"release-client", []string{"skr_client.sh"}, "the key-release test client (as Microsoft's skr_client.sh)", runReleaseClient},
 		{"help", nil, "print this help", runHelp},
@@ -56,7 +59,7 @@ func dispatch(argv []string, stdout, stderr io.Writer) int {
 		}
 	}
 	args := argv[1:]
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") && !isHelpFlag(args[0]) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") && !isHelpFlag(args[0]) && !isVersionFlag(args[0]) {
 		// "skr" and "skr -emulate ..." run the server, and "skr -infile
 		// ..." wraps, like Microsoft's binary.
 		if isWrapInvocation(args) {
@@ -66,6 +69,9 @@ func dispatch(argv []string, stdout, stderr io.Writer) int {
 	}
 	if isHelpFlag(args[0]) {
 		return runHelp(nil, stdout, stderr)
+	}
+	if isVersionFlag(args[0]) {
+		return runVersion(args[1:], stdout, stderr)
 	}
 	for _, c := range commands {
 		if args[0] == c.name {
@@ -112,4 +118,13 @@ func newCommandFlags(name string, stderr io.Writer, usage ...string) *flag.FlagS
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// exitCodeForParse is the exit code of a flag parse error: 0 for -h, 2 for
+// bad usage.
+func exitCodeForParse(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
 }
