@@ -64,8 +64,9 @@ type jsonEndpoint[Req any] struct {
 	// call does the work under the request deadline and returns the JSON
 	// answer, or the step that failed (for the log) and why.
 	call func(ctx context.Context, req Req) (resp any, step string, err error)
-	// logOutcome logs how call ended; err is nil on success.
-	logOutcome func(req Req, step string, elapsed time.Duration, err error)
+	// logOutcome logs how call ended to log, which carries the request's
+	// id and the upstream request ids; err is nil on success.
+	logOutcome func(log *slog.Logger, req Req, step string, elapsed time.Duration, err error)
 }
 
 // serveJSON answers one request to endpoint e.
@@ -79,7 +80,7 @@ func serveJSON[Req any](s *server, w http.ResponseWriter, r *http.Request, e jso
 	defer cancel()
 	start := time.Now()
 	resp, step, err := e.call(ctx, req)
-	e.logOutcome(req, step, time.Since(start).Round(time.Microsecond), err)
+	e.logOutcome(s.log.With(correlationFrom(ctx).logAttrs()...), req, step, time.Since(start).Round(time.Microsecond), err)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -89,8 +90,8 @@ func serveJSON[Req any](s *server, w http.ResponseWriter, r *http.Request, e jso
 
 // logFailures is a logOutcome for endpoints that log only their failures,
 // as msg with the error.
-func logFailures[Req any](log *slog.Logger, msg string) func(Req, string, time.Duration, error) {
-	return func(_ Req, _ string, _ time.Duration, err error) {
+func logFailures[Req any](msg string) func(*slog.Logger, Req, string, time.Duration, error) {
+	return func(log *slog.Logger, _ Req, _ string, _ time.Duration, err error) {
 		if err != nil {
 			log.Warn(msg, "err", err)
 		}
@@ -150,25 +151,33 @@ func readRequestBody(r *http.Request) ([]byte, error) {
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	handle := func(method, path string, h http.HandlerFunc) {
-		mux.HandleFunc(method+" "+path, h)
+		mux.HandleFunc(method+" "+path, func(w http.ResponseWriter, r *http.Request) {
+			if c := correlationFrom(r.Context()); c != nil {
+				c.route = path
+			}
+			h(w, r)
+		})
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", method)
 			writeError(w, newError(kindBadMethod, nil, "method %s is not allowed on %s: use %s", r.Method, path, method))
 		})
 	}
 	handle("GET", "/status", s.handleStatus)
+	handle("GET", "/livez", s.handleLivez)
+	handle("GET", "/readyz", s.handleReadyz)
+	handle("GET", "/metrics", s.handleMetrics)
 	handle("POST", "/attest/raw", s.handleAttestRaw)
 	handle("POST", "/attest/combined", s.handleAttestCombined)
 	handle("POST", "/attest/maa", s.handleAttestMAA)
 	handle("POST", "/key/release", s.handleKeyRelease)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
+		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /livez, /readyz, /metrics, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
 	})
 	return s.logRequests(mux)
 }
 
-// logRequests logs each request's method, path, status and duration; never
-// bodies or headers, which may carry tokens.
+// logRequests logs each request's id, method, path, status and duration,
+// and counts it; never bodies or headers, which may carry tokens.
 func (s *server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -180,7 +189,12 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 		} else if rec.status >= 400 {
 			level = slog.LevelWarn
 		}
-		s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+		c := correlationFrom(r.Context())
+		if c != nil {
+			s.metrics.request(c.route, rec.status)
+		}
+		attrs := append(c.logAttrs(), "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+		s.log.Log(r.Context(), level, "request", attrs...)
 	})
 }
 

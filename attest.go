@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 )
@@ -38,9 +39,11 @@ func (s *server) reportWithData(ctx context.Context, rd [64]byte) ([]byte, *snpR
 	}
 	// One command at a time: the SNP guest channel has one message sequence
 	// number, and the ioctl paths must not interleave.
+	start := time.Now()
 	s.deviceMu.Lock()
 	raw, err := s.tee.GetReport(ctx, rd)
 	s.deviceMu.Unlock()
+	s.metrics.since(stageReport, start)
 	if err != nil {
 		kind := kindInternal
 		if isTimeout(err) { // waiting for the device (pacing, emulator keys)
@@ -65,7 +68,9 @@ func (s *server) evidence(ctx context.Context, runtimeData []byte) (*evidence, e
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	certs, err := s.certs.forReport(ctx, rep)
+	s.metrics.since(stageCertificates, start)
 	if err != nil {
 		return nil, fmt.Errorf("platform certificates for the report: %w", err)
 	}
@@ -98,7 +103,7 @@ func (s *server) handleAttestRaw(w http.ResponseWriter, r *http.Request) {
 			}
 			return map[string]string{"report": hex.EncodeToString(raw)}, "", nil
 		},
-		logOutcome: logFailures[[]byte](s.log, "attest/raw failed"),
+		logOutcome: logFailures[[]byte]("attest/raw failed"),
 	})
 }
 
@@ -129,7 +134,7 @@ func (s *server) handleAttestCombined(w http.ResponseWriter, r *http.Request) {
 			}
 			return newCombinedResponse(ev), "", nil
 		},
-		logOutcome: logFailures[[]byte](s.log, "attest/combined failed"),
+		logOutcome: logFailures[[]byte]("attest/combined failed"),
 	})
 }
 
@@ -178,12 +183,12 @@ func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
 			}
 			return map[string]string{"token": tok.Token}, "", nil
 		},
-		logOutcome: func(p maaAttestParams, step string, elapsed time.Duration, err error) {
+		logOutcome: func(log *slog.Logger, p maaAttestParams, step string, elapsed time.Duration, err error) {
 			if err != nil {
-				s.log.Warn("attest/maa failed", "step", step, "maa_endpoint", p.Host, "err", err)
+				log.Warn("attest/maa failed", "step", step, "maa_endpoint", p.Host, "err", err)
 				return
 			}
-			s.log.Info("MAA token issued", "maa_endpoint", p.Host, "duration", elapsed)
+			log.Info("MAA token issued", "maa_endpoint", p.Host, "duration", elapsed)
 		},
 	})
 }

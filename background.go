@@ -48,3 +48,14 @@ func (b *backgroundWork) succeeded() bool {
 		return false
 	}
 }
+
+// state reports, without waiting, whether the work is done and how it
+// ended.
+func (b *backgroundWork) state() (done bool, err error) {
+	select {
+	case <-b.ready:
+		return true, b.err
+	default:
+		return false, nil
+	}
+}

@@ -52,6 +52,8 @@ type certProvider struct {
 	// neverMatchLocal is -allowTestingMismatchedTCB: the local certificates
 	// are taken as not matching any report, so the fetch path runs.
 	neverMatchLocal bool
+	// onFetch, when set, counts each fetch from the source and its outcome.
+	onFetch func(source string, err error)
 
 	fetches flight[certKey, *platformCerts]
 
@@ -243,10 +245,11 @@ func (p *certProvider) remember(key certKey, pc *platformCerts) {
 
 // fetch gets certificates for key from the configured source and checks
 // that they are the ones the report needs.
-func (p *certProvider) fetch(ctx context.Context, key certKey, product snpProduct) (*platformCerts, error) {
+func (p *certProvider) fetch(ctx context.Context, key certKey, product snpProduct) (pc *platformCerts, err error) {
+	if p.onFetch != nil {
+		defer func() { p.onFetch(p.src.Service(), err) }()
+	}
 	start := time.Now()
-	var pc *platformCerts
-	var err error
 	switch p.src.Kind {
 	case sourceAMD:
 		pc, err = p.fetchKDS(ctx, key, product)

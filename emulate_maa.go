@@ -57,7 +57,10 @@ func newEmulatedMAA(a *emulatedAzure, trust func(context.Context) (*platformCert
 	return m
 }
 
-func (m *emulatedMAA) ServeHTTP(w http.ResponseWriter, r *http.Request) { m.mux.ServeHTTP(w, r) }
+func (m *emulatedMAA) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(upstreamRequestIDHeader, newRequestID()) // as MAA names each answer
+	m.mux.ServeHTTP(w, r)
+}
 
 // writeAzureError answers with the error shape MAA and Key Vault share:
 // {"error": {"code", "message"}}.

@@ -114,6 +114,7 @@ func (v *emulatedVault) kind() string {
 // ServeHTTP checks what every Key Vault request needs, bearer token first,
 // then routes. Until the run's keys are made the vault is unavailable.
 func (v *emulatedVault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(upstreamRequestIDHeader, newRequestID()) // as Key Vault names each answer
 	if err := v.azure.keys.wait(r.Context()); err != nil {
 		writeAzureError(w, http.StatusServiceUnavailable, "ServiceUnavailable", err.Error())
 		return

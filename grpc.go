@@ -43,9 +43,9 @@ func parseServerType(v string) (string, error) {
 func (s *server) frontEnd() *http.Server {
 	rest := s.routeEmulatedAzure(s.routes())
 	if s.cfg.ServerType != serverTypeGRPC {
-		return newHTTPServer(rest, s.log)
+		return newHTTPServer(withRequestID(rest), s.log)
 	}
-	srv := newHTTPServer(s.grpcRoutes(rest), s.log)
+	srv := newHTTPServer(withRequestID(s.grpcRoutes(rest)), s.log)
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
@@ -209,11 +209,16 @@ func (s *server) serveGRPC(w http.ResponseWriter, r *http.Request, m grpcMethod)
 	default:
 		level = slog.LevelWarn
 	}
-	attrs := []any{"method", r.URL.Path, "code", code.String(), "duration", time.Since(start).Round(time.Microsecond)}
+	attrs := append(correlationFrom(r.Context()).logAttrs(), "method", r.URL.Path, "code", code.String(), "duration", time.Since(start).Round(time.Microsecond))
 	if err != nil {
 		attrs = append(attrs, "err", msg)
 	}
 	s.log.Log(r.Context(), level, "grpc call", attrs...)
+	if m != nil {
+		s.metrics.grpcCall(r.URL.Path, code)
+	} else {
+		s.metrics.grpcCall("", code)
+	}
 }
 
 func (s *server) runGRPC(r *http.Request, st *grpcStream, m grpcMethod) error {

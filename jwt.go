@@ -146,6 +146,23 @@ func decodeJSONObject(b []byte, v any) error {
 	return json.Unmarshal(trimmed, v)
 }
 
+// jwtClaims reads a compact JWT's claims without checking its signature:
+// for explaining what a token says, never for trusting it. Numbers keep
+// the form they were written in, as release policies compare them.
+func jwtClaims(token string) (map[string]any, error) {
+	jws, err := parseJWS(strings.TrimSpace(token))
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(jws.Payload))
+	dec.UseNumber()
+	var claims map[string]any
+	if err := dec.Decode(&claims); err != nil || claims == nil {
+		return nil, errors.New("the token's claims are not a JSON object")
+	}
+	return claims, nil
+}
+
 // jwsAlg describes one JWS signature algorithm (RFC 7518).
 type jwsAlg struct {
 	hash  crypto.Hash

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -65,6 +66,7 @@ func (k *wrappingKey) destroy() {
 // faster than they can be made.
 type keyPool struct {
 	ready    chan *wrappingKey // unbuffered: exactly one spare waits here
+	spares   atomic.Int32      // keys made and waiting to be taken, for metrics
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
@@ -98,9 +100,12 @@ func (p *keyPool) run(gen func() (*wrappingKey, error), log *slog.Logger) {
 			continue
 		}
 		log.Log(context.Background(), levelTrace, "wrapping key ready", "duration", time.Since(start).Round(time.Microsecond))
+		p.spares.Add(1)
 		select {
 		case p.ready <- k:
+			p.spares.Add(-1)
 		case <-p.stop:
+			p.spares.Add(-1)
 			k.destroy()
 			return
 		}
@@ -118,6 +123,9 @@ func (p *keyPool) take(ctx context.Context) (*wrappingKey, error) {
 		return nil, fmt.Errorf("wait for a wrapping key: %w", ctx.Err())
 	}
 }
+
+// spareCount is how many keys wait to be taken.
+func (p *keyPool) spareCount() int { return int(p.spares.Load()) }
 
 func (p *keyPool) close() {
 	p.stopOnce.Do(func() { close(p.stop) })

@@ -213,7 +213,7 @@ func (s *server) unwrapKeyRPC(ctx context.Context, req []byte) ([]byte, error) {
 	start := time.Now()
 	jwkJSON, step, err := s.releaseKey(ctx, p)
 	if err != nil {
-		s.log.Warn("UnWrapKey: key release failed", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost,
+		s.log.With(correlationFrom(ctx).logAttrs()...).Warn("UnWrapKey: key release failed", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost,
 			"step", step, "duration", time.Since(start).Round(time.Microsecond), "err", err)
 		return nil, err
 	}
@@ -227,7 +227,7 @@ func (s *server) unwrapKeyRPC(ctx context.Context, req []byte) ([]byte, error) {
 		return nil, newError(kindInvalid, err, "wrapped_data does not decrypt with key %q (RSA-OAEP, SHA-256): was it wrapped with this key's public half?", p.Key.String())
 	}
 	defer clear(plain)
-	s.log.Info("key unwrapped", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost,
+	s.log.With(correlationFrom(ctx).logAttrs()...).Info("key unwrapped", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost,
 		"duration", time.Since(start).Round(time.Microsecond))
 	var out keyProviderOutput
 	out.KeyUnwrapResults = &struct {

@@ -125,8 +125,9 @@ func (s *server) maaUserAgent() string {
 // not verify MAA tokens (Key Vault does); exp only bounds how long we reuse
 // one.
 type maaToken struct {
-	Token   string
-	Expires time.Time // zero when the token carries no exp
+	Token     string
+	Expires   time.Time // zero when the token carries no exp
+	RequestID string    // MAA's x-ms-request-id, for a support case
 }
 
 // attestMAA sends evidence over runtimeData to MAA at host and returns the
@@ -143,7 +144,7 @@ func (s *server) attestMAA(ctx context.Context, host string, ev *evidence, runti
 	u := url.URL{Scheme: "https", Host: host, Path: maaAttestPath, RawQuery: "api-version=" + maaAPIVersion}
 	target := u.String()
 	start := time.Now()
-	resp, _, err := doWithRetry(ctx, s.client, "MAA", s.retry, s.log, func(ctx context.Context) (*http.Request, error) {
+	resp, header, err := doWithRetry(ctx, s.client, "MAA", s.retry, s.log, func(ctx context.Context) (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 		if err != nil {
 			return nil, err
@@ -153,13 +154,20 @@ func (s *server) attestMAA(ctx context.Context, host string, ev *evidence, runti
 		req.Header.Set("User-Agent", s.maaUserAgent())
 		return req, nil
 	})
+	s.metrics.since(stageMAA, start)
 	if err != nil {
-		return nil, maaFailure(host, err)
+		err = maaFailure(host, err)
+		s.metrics.attestation(host, err)
+		return nil, err
 	}
 	tok, err := parseMAAResponse(resp)
 	if err != nil {
-		return nil, newError(kindUpstream, err, "MAA at %s answered 200 without a usable token", host)
+		err = newError(kindUpstream, err, "MAA at %s answered 200 without a usable token", host)
+		s.metrics.attestation(host, err)
+		return nil, err
 	}
+	s.metrics.attestation(host, nil)
+	tok.RequestID = upstreamRequestID(header)
 	s.log.Debug("MAA token issued", "step", "MAA", "maa_endpoint", host, "duration", time.Since(start).Round(time.Microsecond))
 	return tok, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -28,6 +29,21 @@ var policyVersions = []string{"1.0.0", "0.2"}
 // one of allOf / anyOf; conditions a claim with one operator (equals with a
 // string, number or boolean; exists with a boolean) or a nested group.
 func parseReleasePolicy(data []byte) (*releasePolicy, error) {
+	p, err := decodeReleasePolicy(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// decodeReleasePolicy reads a release policy's JSON within the bounds but
+// without the grammar's other checks: `skr policy check` lints and
+// evaluates a policy the grammar refuses (an authority without https://,
+// an empty list), to say what is wrong with it.
+func decodeReleasePolicy(data []byte) (*releasePolicy, error) {
 	if len(data) > maxPolicySize {
 		return nil, fmt.Errorf("release policy is larger than %d bytes", maxPolicySize)
 	}
@@ -35,10 +51,33 @@ func parseReleasePolicy(data []byte) (*releasePolicy, error) {
 	if err := decodeJSONObject(data, &p); err != nil {
 		return nil, fmt.Errorf("release policy is not a JSON object: %w", err)
 	}
-	if err := p.validate(); err != nil {
-		return nil, err
+	if len(p.AnyOf) > maxPolicyAuthority {
+		return nil, fmt.Errorf("release policy has %d authorities, more than %d", len(p.AnyOf), maxPolicyAuthority)
+	}
+	count := 0
+	for _, a := range p.AnyOf {
+		if err := boundConditions(append(slices.Clip(a.AllOf), a.AnyOf...), 1, &count); err != nil {
+			return nil, err
+		}
 	}
 	return &p, nil
+}
+
+// boundConditions checks only the nesting depth and the number of
+// conditions, which bound the evaluator's work.
+func boundConditions(conds []releaseClaim, depth int, count *int) error {
+	if depth > maxPolicyDepth {
+		return fmt.Errorf("release policy conditions are nested deeper than %d levels", maxPolicyDepth)
+	}
+	for _, c := range conds {
+		if *count++; *count > maxPolicyConditions {
+			return fmt.Errorf("release policy has more than %d conditions", maxPolicyConditions)
+		}
+		if err := boundConditions(append(slices.Clip(c.AllOf), c.AnyOf...), depth+1, count); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (p *releasePolicy) validate() error {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"regexp"
 	"strings"
@@ -112,13 +113,13 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 			}
 			return map[string]string{"key": key}, "", nil
 		},
-		logOutcome: func(p *keyReleaseParams, step string, elapsed time.Duration, err error) {
+		logOutcome: func(log *slog.Logger, p *keyReleaseParams, step string, elapsed time.Duration, err error) {
 			attrs := []any{"kid", p.Key.String(), "akv_endpoint", p.VaultHost, "maa_endpoint", p.MAAHost}
 			if err != nil {
-				s.log.Warn("key release failed", append(attrs, "step", step, "duration", elapsed, "err", err)...)
+				log.Warn("key release failed", append(attrs, "step", step, "duration", elapsed, "err", err)...)
 				return
 			}
-			s.log.Info("key released", append(attrs, "duration", elapsed)...)
+			log.Info("key released", append(attrs, "duration", elapsed)...)
 		},
 	})
 }
@@ -126,6 +127,7 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 // releaseKey does one release and returns the key as a JWK JSON string, or
 // the step that failed.
 func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step string, err error) {
+	defer func() { s.metrics.release(p.VaultHost, err) }()
 	if err := s.refuseUnservedNames(p.MAAHost, p.VaultHost); err != nil {
 		return "", "request", err
 	}
@@ -142,49 +144,66 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 		return "", "MAA", err
 	}
 	defer s.rel.put(cred)
+	s.metrics.credential(reused)
+	correlationFrom(ctx).note("MAA", cred.maaRequestID)
 	s.log.Log(ctx, levelTrace, "release credential", "maa_endpoint", p.MAAHost, "reused", reused, "wrapping_kid", cred.key.kid)
 
 	start := time.Now()
 	jws, err := s.requestKeyRelease(ctx, p.VaultHost, p.Key, bearer, cred.token)
+	s.metrics.since(stageKeyVault, start)
 	if err != nil {
 		var ue *upstreamError
 		if p.AccessToken == "" && errors.As(err, &ue) && ue.StatusCode == http.StatusUnauthorized {
 			s.tokens.Forget(p.VaultHost)
 		}
-		return "", "Key Vault", keyVaultFailure(err, p, source, cred.hostData)
+		return "", "Key Vault", s.keyVaultFailure(ctx, err, p, bearer, source, cred)
 	}
 	s.log.Log(ctx, levelTrace, "Key Vault answered", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "duration", time.Since(start).Round(time.Microsecond))
 
-	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.releaseRoots(p.VaultHost), time.Now())
+	start = time.Now()
+	env, err := s.verifiedRelease(jws, p, cred.key)
+	s.metrics.since(stageVerify, start)
 	if err != nil {
-		return "", "verify", newError(kindDenied, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
+		return "", "verify", err
 	}
-	env, err := parseReleasePayload(payload)
-	if err != nil {
-		return "", "verify", newError(kindUpstream, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
-	}
-	if err := env.checkBinding(p.Key, p.VaultHost, cred.key); err != nil {
-		return "", "verify", newError(kindDenied, err, "verify: the Key Vault response for key %q from %s is not for this request", p.Key.String(), p.VaultHost)
-	}
+	start = time.Now()
 	out, err := env.unwrap(cred.key)
+	s.metrics.since(stageUnwrap, start)
 	if err != nil {
 		return "", "unwrap", newError(kindUpstream, err, "unwrap: key %q released by %s could not be unwrapped", p.Key.String(), p.VaultHost)
 	}
 	return out, "", nil
 }
 
+// verifiedRelease checks the vault's signed answer and that it is for this
+// request and wrapped to wk, and returns its payload.
+func (s *server) verifiedRelease(jws string, p *keyReleaseParams, wk *wrappingKey) (*releaseEnvelope, error) {
+	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.releaseRoots(p.VaultHost), time.Now())
+	if err != nil {
+		return nil, newError(kindDenied, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
+	}
+	env, err := parseReleasePayload(payload)
+	if err != nil {
+		return nil, newError(kindUpstream, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
+	}
+	if err := env.checkBinding(p.Key, p.VaultHost, wk); err != nil {
+		return nil, newError(kindDenied, err, "verify: the Key Vault response for key %q from %s is not for this request", p.Key.String(), p.VaultHost)
+	}
+	return env, nil
+}
+
 // attestForRelease is the releaser's attestFunc: evidence over a wrapping
 // key's JWK Set, and the MAA token for it.
-func (s *server) attestForRelease(ctx context.Context, maaHost string, runtimeData []byte) (token string, expires time.Time, hostData string, err error) {
+func (s *server) attestForRelease(ctx context.Context, maaHost string, runtimeData []byte) (attestation, error) {
 	ev, err := s.evidence(ctx, runtimeData)
 	if err != nil {
-		return "", time.Time{}, "", fmt.Errorf("evidence for MAA: %w", err)
+		return attestation{}, fmt.Errorf("evidence for MAA: %w", err)
 	}
 	tok, err := s.attestMAA(ctx, maaHost, ev, runtimeData)
 	if err != nil {
-		return "", time.Time{}, "", err
+		return attestation{}, err
 	}
-	return tok.Token, tok.Expires, hex.EncodeToString(ev.Parsed.HostData[:]), nil
+	return attestation{token: tok.Token, expires: tok.Expires, hostData: hex.EncodeToString(ev.Parsed.HostData[:]), maaRequestID: tok.RequestID}, nil
 }
 
 // bearerToken is the request's access_token, else one from the identity
@@ -196,6 +215,7 @@ func (s *server) bearerToken(ctx context.Context, p *keyReleaseParams) (token, s
 	}
 	start := time.Now()
 	tok, source, err := s.tokens.Token(ctx, p.VaultHost)
+	s.metrics.since(stageIdentityToken, start)
 	if err != nil {
 		if source == "" {
 			source = "workload identity or IMDS managed identity"
@@ -210,8 +230,8 @@ func (s *server) bearerToken(ctx context.Context, p *keyReleaseParams) (token, s
 }
 
 // keyVaultFailure turns a Key Vault refusal into the status and hint a user
-// can act on.
-func keyVaultFailure(err error, p *keyReleaseParams, source, hostData string) error {
+// can act on; a 403 is explained against the key's release policy.
+func (s *server) keyVaultFailure(ctx context.Context, err error, p *keyReleaseParams, bearer, source string, cred *releaseCredential) error {
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
 		return fmt.Errorf("Key Vault: release of key %q at %s: %w", p.Key.String(), p.VaultHost, err)
@@ -222,11 +242,7 @@ func keyVaultFailure(err error, p *keyReleaseParams, source, hostData string) er
 			"Key Vault: %s did not accept the bearer token (%s) for key %q: check that the token is current and its audience is %s",
 			p.VaultHost, source, p.Key.String(), vaultResource(p.VaultHost))
 	case http.StatusForbidden:
-		return newError(kindDenied, err,
-			"Key Vault: %s refused to release key %q: the key's release policy was not met by this container group's MAA token "+
-				"(this container group presents x-ms-sevsnpvm-hostdata %s: compare it with the key's release policy), "+
-				"or the identity (%s) lacks the release permission (role Key Vault Crypto Service Release User or Managed HSM Crypto Service Release User)",
-			p.VaultHost, p.Key.String(), hostData, source)
+		return s.explainRefusal(ctx, ue, p, bearer, source, cred)
 	case http.StatusNotFound:
 		return newError(kindUpstream, err,
 			"Key Vault: %s has no key %q: check the key name (and version) and the vault endpoint", p.VaultHost, p.Key.String())

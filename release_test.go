@@ -318,7 +318,7 @@ func TestKeyReleasePolicyNotMet(t *testing.T) {
 	e2 := newReleaseEnv(t, releaseEnvOpts{ttl: 0})
 	e2.maa.setCompliance("not-compliant")
 	status, out = e2.release(t, keyOct)
-	wantNoKey(t, status, out, http.StatusForbidden, "release policy", e2.hostData)
+	wantNoKey(t, status, out, http.StatusForbidden, "release policy", `claim x-ms-compliance-status: the policy wants "azure-compliant-uvm", the token carries "not-compliant"`)
 }
 
 func TestKeyReleaseResponseVerification(t *testing.T) {
@@ -836,15 +836,15 @@ type tokenFor struct {
 	calls atomic.Int32
 }
 
-func (a *tokenFor) attest(ctx context.Context, host string, runtimeData []byte) (string, time.Time, string, error) {
+func (a *tokenFor) attest(ctx context.Context, host string, runtimeData []byte) (attestation, error) {
 	a.calls.Add(1)
 	if a.gate != nil {
 		<-a.gate
 	}
 	if a.life == 0 {
-		return "t", time.Time{}, "hd", nil
+		return attestation{token: "t", hostData: "hd"}, nil
 	}
-	return "t", a.clock.Now().Add(a.life), "hd", nil
+	return attestation{token: "t", expires: a.clock.Now().Add(a.life), hostData: "hd"}, nil
 }
 
 func newUnitReleaser(t *testing.T, ttl time.Duration, a *tokenFor) *releaser {

@@ -13,9 +13,16 @@ import (
 const tokenExpiryMargin = 2 * time.Minute
 
 // attestFunc gets an MAA token from maaHost for runtimeData, the public JWK
-// Set of a wrapping key. expires is the token's exp (zero when it has
-// none); hostData is the attested HOST_DATA in hex, for error hints.
-type attestFunc func(ctx context.Context, maaHost string, runtimeData []byte) (token string, expires time.Time, hostData string, err error)
+// Set of a wrapping key.
+type attestFunc func(ctx context.Context, maaHost string, runtimeData []byte) (attestation, error)
+
+// attestation is an MAA token and what messages and logs say about it.
+type attestation struct {
+	token        string
+	expires      time.Time // the token's exp; zero when it has none
+	hostData     string    // hex HOST_DATA of the attested report, for error hints
+	maaRequestID string    // MAA's x-ms-request-id, for a support case
+}
 
 // clock is the releaser's time: when now is, and what to do when later.
 type clock interface {
@@ -43,10 +50,9 @@ type releaserConfig struct {
 // carries its public half. Releases hold a reference while they use it; it
 // is destroyed when retired (expired, replaced, or closed) and unused.
 type releaseCredential struct {
-	maaHost    string
-	key        *wrappingKey
-	token      string
-	hostData   string // hex HOST_DATA of the attested report, for error hints
+	maaHost string
+	key     *wrappingKey
+	attestation
 	reuseUntil time.Time
 	stopTimer  func() bool // of the expiry, once the credential is current
 
@@ -183,16 +189,16 @@ func (r *releaser) attest(ctx context.Context, host string) (*releaseCredential,
 	if err != nil {
 		return nil, err
 	}
-	token, expires, hostData, err := r.cfg.Attest(ctx, host, key.runtimeData)
+	a, err := r.cfg.Attest(ctx, host, key.runtimeData)
 	if err != nil {
 		key.destroy()
 		return nil, err
 	}
 	now := r.cfg.Clock.Now()
-	until := reuseUntil(now, r.cfg.TTL, expires)
+	until := reuseUntil(now, r.cfg.TTL, a.expires)
 	r.cfg.Log.Debug("wrapping key attested", "step", "MAA", "maa_endpoint", host, "wrapping_kid", key.kid,
 		"reuse_for", max(until.Sub(now), 0).Round(time.Second), "duration", time.Since(start).Round(time.Microsecond))
-	return &releaseCredential{maaHost: host, key: key, token: token, hostData: hostData, reuseUntil: until}, nil
+	return &releaseCredential{maaHost: host, key: key, attestation: a, reuseUntil: until}, nil
 }
 
 // reuseUntil is when a credential attested at now stops serving releases:

@@ -35,7 +35,7 @@ type serverOptions struct {
 	Retry        *retryPolicy
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
-	AzureKeys           *emulatedAzureKeys  // keys of the emulated Azure services (-emulate); nil = made at start
+	AzureKeys    *emulatedAzureKeys // keys of the emulated Azure services (-emulate); nil = made at start
 }
 
 // server holds everything the handlers share.
@@ -50,12 +50,13 @@ type server struct {
 	tee    teeDevice // nil when there is no guest interface
 	teeErr error     // why there is none
 
-	inputs *uvmInputs
-	certs  *certProvider
-	client *http.Client // for every upstream service
-	tokens *tokenProvider
-	rel    *releaser
-	azure  *emulatedAzure // the emulated MAA and vaults; nil without -emulate
+	inputs  *uvmInputs
+	certs   *certProvider
+	client  *http.Client // for every upstream service
+	tokens  *tokenProvider
+	rel     *releaser
+	azure   *emulatedAzure // the emulated MAA and vaults; nil without -emulate
+	metrics *metrics
 
 	deviceMu sync.Mutex // serializes guest device commands
 }
@@ -65,6 +66,8 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	if opts.Retry != nil {
 		s.retry = *opts.Retry
 	}
+	s.metrics = newMetrics()
+	s.retry.OnRetry = s.metrics.retry
 	if s.getenv == nil {
 		s.getenv = os.Getenv
 	}
@@ -96,6 +99,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.certs.retry = s.retry
 	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
+	s.certs.onFetch = s.metrics.certFetch
 	s.tokens = newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,
@@ -104,6 +108,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
 		Emulated:         s.emulatedIdentitySource,
 	})
+	s.tokens.imdsRetry.OnRetry, s.tokens.entraRetry.OnRetry = s.metrics.retry, s.metrics.retry
 	s.rel = newReleaser(releaserConfig{
 		TTL:     cfg.WrappingKeyTTL,
 		Timeout: s.timeout,
@@ -112,6 +117,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Log:     log,
 		Clock:   opts.Clock,
 	})
+	s.metrics.wrappingKeysReady = s.rel.pool.spareCount
 	return s, nil
 }
 

@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -204,6 +205,8 @@ func startTLSStandIn(t testing.TB, h http.Handler) (*httptest.Server, string) {
 type standInFaults struct {
 	mu         sync.Mutex
 	calls      int
+	requestIDs []string // the x-ms-request-id of each answer, in order
+	clientIDs  []string // the x-ms-client-request-id of each call, in order
 	failN      int
 	failStatus int
 	retryAfter string
@@ -232,10 +235,17 @@ func (f *standInFaults) count() int {
 	return f.calls
 }
 
-// intercept counts the call and plays a fault; true means it answered.
+// intercept counts the call, gives its answer an x-ms-request-id as the
+// Azure services do, and plays a fault; true means it answered.
 func (f *standInFaults) intercept(w http.ResponseWriter, r *http.Request) bool {
 	f.mu.Lock()
 	f.calls++
+	var nonce [4]byte
+	rand.Read(nonce[:])
+	id := fmt.Sprintf("standin-%d-%x", f.calls, nonce)
+	w.Header().Set("x-ms-request-id", id)
+	f.requestIDs = append(f.requestIDs, id)
+	f.clientIDs = append(f.clientIDs, r.Header.Get("x-ms-client-request-id"))
 	hang := f.hang
 	fail := f.failN > 0
 	status, ra := f.failStatus, f.retryAfter
@@ -258,6 +268,14 @@ func (f *standInFaults) intercept(w http.ResponseWriter, r *http.Request) bool {
 		return true
 	}
 	return false
+}
+
+// seenIDs are the request ids the stand-in answered with and the client
+// request ids it was sent.
+func (f *standInFaults) seenIDs() (answered, sent []string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.requestIDs), slices.Clone(f.clientIDs)
 }
 
 func (f *standInFaults) stop() {
@@ -648,6 +666,8 @@ type kvStandIn struct {
 	wrongHost     bool
 	tamper        bool
 	wrapToOther   bool
+	readForbidden bool   // GET /keys answers 403: the identity may release but not read
+	denyRelease   bool   // a release answers 403 whatever the policy: no release permission
 	lastReleaseTo string // kid of the runtime key last wrapped to
 }
 
@@ -658,6 +678,8 @@ func newKVStandIn(t testing.TB, bearer string) *kvStandIn {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /keys/{name}/release", kv.handleRelease)
 	mux.HandleFunc("POST /keys/{name}/{version}/release", kv.handleRelease)
+	mux.HandleFunc("GET /keys/{name}", kv.handleGet)
+	mux.HandleFunc("GET /keys/{name}/{version}", kv.handleGet)
 	kv.srv, kv.host = startTLSStandIn(t, mux)
 	t.Cleanup(func() { kv.stop(); kv.srv.Close() })
 	return kv
@@ -678,13 +700,15 @@ func (kv *kvStandIn) set(f func(kv *kvStandIn)) {
 	f(kv)
 }
 
-func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
+// authorizedKey checks what every key request needs, the API version and
+// the bearer token, and finds the key; nil means it answered.
+func (kv *kvStandIn) authorizedKey(w http.ResponseWriter, r *http.Request) *kvKey {
 	if kv.intercept(w, r) {
-		return
+		return nil
 	}
 	if r.URL.Query().Get("api-version") == "" {
 		standInAzureError(w, 400, "BadParameter", "api-version is required")
-		return
+		return nil
 	}
 	kv.mu.Lock()
 	expected := kv.bearer
@@ -694,13 +718,56 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 	if !ok || subtle.ConstantTimeCompare([]byte(tok), []byte(expected)) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000", resource="https://vault.azure.net"`)
 		standInAzureError(w, 401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.")
-		return
+		return nil
 	}
 	kv.mu.Lock()
 	key := kv.keys[strings.ToLower(r.PathValue("name"))]
 	kv.mu.Unlock()
 	if key == nil || (r.PathValue("version") != "" && !strings.EqualFold(r.PathValue("version"), key.version)) {
 		standInAzureError(w, 404, "KeyNotFound", fmt.Sprintf("A key with (name/id) %s was not found in this key vault. If you recently deleted this key you may be able to recover it using the correct recovery command.", r.PathValue("name")))
+		return nil
+	}
+	return key
+}
+
+// standInForbidden is Key Vault's answer to an identity without the
+// permission for an operation.
+func standInForbidden(w http.ResponseWriter, action string) {
+	standInAzureError(w, 403, "Forbidden", "Caller is not authorized to perform action on resource. Action: '"+action+"'")
+}
+
+// handleGet answers GET /keys/{name}[/{version}] as Key Vault does: the
+// public key, its attributes and its release policy.
+func (kv *kvStandIn) handleGet(w http.ResponseWriter, r *http.Request) {
+	key := kv.authorizedKey(w, r)
+	if key == nil {
+		return
+	}
+	kv.mu.Lock()
+	forbidden := kv.readForbidden
+	kv.mu.Unlock()
+	if forbidden {
+		standInForbidden(w, "Microsoft.KeyVault/vaults/keys/read")
+		return
+	}
+	standInWriteJSON(w, 200, map[string]any{
+		"key":        map[string]any{"kid": "https://" + kv.host + "/keys/" + key.name + "/" + key.version, "kty": key.kty},
+		"attributes": map[string]any{"enabled": true, "exportable": true},
+		"release_policy": map[string]any{"contentType": "application/json; charset=utf-8",
+			"data": base64.RawURLEncoding.EncodeToString(key.policy), "immutable": false},
+	})
+}
+
+func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
+	key := kv.authorizedKey(w, r)
+	if key == nil {
+		return
+	}
+	kv.mu.Lock()
+	deny := kv.denyRelease
+	kv.mu.Unlock()
+	if deny {
+		standInForbidden(w, "Microsoft.KeyVault/vaults/keys/release/action")
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
@@ -720,7 +787,13 @@ func (kv *kvStandIn) handleRelease(w http.ResponseWriter, r *http.Request) {
 	}
 	kv.mu.Unlock()
 	claims, err := kv.verifyMAAToken(r.Context(), target, key.policy)
-	if err != nil {
+	var notAuthority *standInNotAuthority
+	switch {
+	case errors.As(err, &notAuthority):
+		// A token from an issuer the policy does not name fails the policy.
+		standInAzureError(w, 403, "Forbidden", "Target environment attestation statement cannot be verified. The key release policy is not satisfied.")
+		return
+	case err != nil:
 		standInAzureError(w, 400, "BadParameter", "Target environment attestation statement cannot be verified: "+err.Error())
 		return
 	}
@@ -760,7 +833,7 @@ func (kv *kvStandIn) verifyMAAToken(ctx context.Context, target string, policy [
 		}
 	}
 	if !trusted {
-		return nil, fmt.Errorf("issuer %q is not an authority of the release policy", iss)
+		return nil, &standInNotAuthority{iss}
 	}
 	kid, _ := header["kid"].(string)
 	pub, err := kv.fetchSigningKey(ctx, strings.TrimRight(iss, "/")+"/certs", kid)
@@ -774,6 +847,14 @@ func (kv *kvStandIn) verifyMAAToken(ctx context.Context, target string, policy [
 		return nil, err
 	}
 	return claims, nil
+}
+
+// standInNotAuthority is a token whose issuer the key's policy does not
+// name.
+type standInNotAuthority struct{ iss string }
+
+func (e *standInNotAuthority) Error() string {
+	return fmt.Sprintf("issuer %q is not an authority of the release policy", e.iss)
 }
 
 func (kv *kvStandIn) fetchSigningKey(ctx context.Context, certsURL, kid string) (*rsa.PublicKey, error) {
@@ -1360,7 +1441,7 @@ func TestKVStandInRefuses(t *testing.T) {
 		"forged signature": {token(claims(nil), standInRSAKey(t, rsaOther)), 400},
 		"expired":          {token(claims(func(c map[string]any) { c["exp"] = now - 600 }), maaKey), 400},
 		"not yet valid":    {token(claims(func(c map[string]any) { c["nbf"] = now + 600 }), maaKey), 400},
-		"other issuer":     {token(claims(func(c map[string]any) { c["iss"] = "https://evil.example" }), maaKey), 400},
+		"other issuer":     {token(claims(func(c map[string]any) { c["iss"] = "https://evil.example" }), maaKey), 403},
 		"other host data":  {token(claims(func(c map[string]any) { c["x-ms-sevsnpvm-hostdata"] = strings.Repeat("0", 64) }), maaKey), 403},
 		"debuggable":       {token(claims(func(c map[string]any) { c["x-ms-sevsnpvm-is-debuggable"] = true }), maaKey), 403},
 		"no runtime key":   {token(claims(func(c map[string]any) { delete(c, "x-ms-runtime") }), maaKey), 400},

@@ -32,6 +32,7 @@ type upstreamError struct {
 	Code       string // service error code, when the body carried one
 	Message    string // service error message, when the body carried one
 	Body       []byte
+	RequestID  string // the service's x-ms-request-id, for a support case
 }
 
 func (e *upstreamError) Error() string {
@@ -45,6 +46,9 @@ func (e *upstreamError) Error() string {
 		msg += fmt.Sprintf(" (%s)", e.Code)
 	case len(e.Body) > 0:
 		msg += fmt.Sprintf(" (%s)", truncate(string(e.Body), 300))
+	}
+	if e.RequestID != "" {
+		msg += fmt.Sprintf(" [x-ms-request-id %s]", e.RequestID)
 	}
 	return msg
 }
@@ -69,6 +73,8 @@ type retryPolicy struct {
 	// Wait pauses between tries and returns early with ctx's error. Nil
 	// means a real timer; tests record the delays instead of sleeping.
 	Wait func(ctx context.Context, d time.Duration) error
+	// OnRetry, when set, counts each retry of a call to service.
+	OnRetry func(service string)
 }
 
 // defaultRetry suits a request path: a handful of quick tries.
@@ -96,9 +102,11 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 		if err != nil {
 			return nil, nil, fmt.Errorf("build %s request: %w", service, err)
 		}
+		tagUpstreamRequest(ctx, req)
 		var retryAfter time.Duration
 		resp, err := client.Do(req)
 		if err == nil {
+			noteUpstreamResponse(ctx, service, resp.Header)
 			body, rerr := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
 			resp.Body.Close()
 			switch {
@@ -110,6 +118,7 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 				return body, resp.Header, nil
 			default:
 				ue := parseUpstreamError(service, resp.StatusCode, body, requestSecrets(ctx, req))
+				ue.RequestID = upstreamRequestID(resp.Header)
 				if !retryable(resp.StatusCode) {
 					return nil, resp.Header, ue
 				}
@@ -125,6 +134,9 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 			return nil, nil, lastErr
 		}
 		delay := backoff(p, attempt, retryAfter)
+		if p.OnRetry != nil {
+			p.OnRetry(service)
+		}
 		if log != nil {
 			log.Debug("retrying upstream call", "service", service, "attempt", attempt, "delay", delay, "err", err)
 		}
