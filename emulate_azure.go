@@ -424,6 +424,9 @@ func (s *server) routeEmulatedAzure(next http.Handler) http.Handler {
 			writeError(w, err)
 			return
 		}
+		if c := correlationFrom(r.Context()); c != nil {
+			c.route = hostName(r.Host) // one of the three reserved names
+		}
 		s.logRequests(h).ServeHTTP(w, r)
 	})
 }

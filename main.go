@@ -32,6 +32,7 @@ func init() {
 		{"digest", []string{"securitypolicydigest"}, "print the sha-256 of a base64 security policy (x-ms-sevsnpvm-hostdata)", runDigest},
 		{"importkey", []string{"importkey"}, "import a key with a release policy into Key Vault / Managed HSM", runImportKey},
 		{"wrap", nil, "wrap a secret with an RSA key's public half for the gRPC UnWrapKey (also: skr -infile F -keypath P -outfile F)", runWrap},
+		{"doctor", nil, "check, from inside the container group, everything a release needs, and say what to fix", runDoctor},
 		{"policy", nil, "check a release policy against an MAA token or the local evidence's claims (skr policy check)", runPolicy},
 		{"probe", nil, "ask a running sidecar's /readyz or /livez, for exec probes (exit 0 or 1)", runProbe},
 		{"version", nil, "print the version, commit, Go version and module versions", runVersion},

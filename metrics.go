@@ -205,7 +205,7 @@ func (m *metrics) write(w io.Writer) error {
 	writeFamilyHead(bw, "skr_build_info", "gauge", "The running build: always 1, with the version and the Go version as labels.")
 	fmt.Fprintf(bw, "skr_build_info{version=%s,go_version=%s} 1\n", quoteLabel(m.build.Version), quoteLabel(m.build.GoVersion))
 	writeFamilyHead(bw, "skr_start_time_seconds", "gauge", "When the sidecar started, in seconds since the Unix epoch.")
-	fmt.Fprintf(bw, "skr_start_time_seconds %s\n", formatSample(float64(m.started.UnixNano())/1e9))
+	fmt.Fprintf(bw, "skr_start_time_seconds %.3f\n", float64(m.started.UnixMilli())/1e3)
 	if m.wrappingKeysReady != nil {
 		writeFamilyHead(bw, "skr_wrapping_keys_ready", "gauge", "Wrapping keys generated ahead and waiting in the pool.")
 		fmt.Fprintf(bw, "skr_wrapping_keys_ready %d\n", m.wrappingKeysReady())

@@ -343,7 +343,7 @@ func lintReleasePolicy(p *releasePolicy) []string {
 		case !ok:
 			out = append(out, at+": does not pin "+hostDataClaim+": any container group whose token meets the rest would get the key")
 		case hd == strings.Repeat("0", 64):
-			out = append(out, at+": "+hostDataClaim+" is all zeros, the examples' placeholder (and the emulator's without a security policy): put the skr digest of your security policy")
+			out = append(out, at+": "+hostDataClaim+zeroHostDataLint)
 		}
 		if _, ok := req["x-ms-compliance-status"]; !ok {
 			out = append(out, at+": has no x-ms-compliance-status claim: a UVM that Azure did not sign (azure-compliant-uvm) would do")
@@ -351,6 +351,10 @@ func lintReleasePolicy(p *releasePolicy) []string {
 	}
 	return out
 }
+
+// zeroHostDataLint ends the lint of an all-zero host data, which the
+// emulator without a security policy really reports.
+const zeroHostDataLint = " is all zeros, the examples' placeholder (and the emulator's without a security policy): put the skr digest of your security policy"
 
 // lintEmptyGroups names nested allOf / anyOf groups with nothing in them.
 func lintEmptyGroups(at string, allOf, anyOf []releaseClaim) []string {
