@@ -226,28 +226,32 @@ func (r *doctorReport) finish() int {
 
 // ---- in-process ----
 
-// doctorRun is what the checks find out, for the checks after them.
-type doctorRun struct {
+// doctorCommon is what both kinds of run share: the flags, the report, and
+// what earlier checks found that later ones need.
+type doctorCommon struct {
 	fl     *doctorFlags
 	env    doctorEnv
 	report *doctorReport
+	bearer string // the identity's token for -akv
+	token  string // the MAA token a release sends
+	claims map[string]any
+}
 
+// check runs one check within its own deadline and prints its line.
+func (d *doctorCommon) check(ctx context.Context, name string, fn func(ctx context.Context) checkResult) {
+	ctx, cancel := context.WithTimeout(ctx, doctorCheckTimeout)
+	defer cancel()
+	d.report.line(name, fn(ctx))
+}
+
+// doctorRun is what the in-process checks find out.
+type doctorRun struct {
+	doctorCommon
 	s     *server
 	rep   *snpReport // a report from the guest interface
 	certs *platformCerts
 	// localMatch: the platform's own certificates match the report.
 	localMatch bool
-	bearer     string // the identity's token for -akv
-	source     string // where the bearer came from
-	token      string // the MAA token a release sends
-	claims     map[string]any
-}
-
-// check runs one check within its own deadline and prints its line.
-func (d *doctorRun) check(ctx context.Context, name string, fn func(ctx context.Context) checkResult) {
-	ctx, cancel := context.WithTimeout(ctx, doctorCheckTimeout)
-	defer cancel()
-	d.report.line(name, fn(ctx))
 }
 
 func runDoctorInProcess(ctx context.Context, fl *doctorFlags, env doctorEnv, r *doctorReport) error {
@@ -269,7 +273,7 @@ func runDoctorInProcess(ctx context.Context, fl *doctorFlags, env doctorEnv, r *
 		return err
 	}
 	defer s.rel.Close()
-	d := &doctorRun{fl: fl, env: env, report: r, s: s}
+	d := &doctorRun{doctorCommon: doctorCommon{fl: fl, env: env, report: r}, s: s}
 	fmt.Fprintf(r.w, "skr doctor %s: %s\n", version, d.describe())
 	d.check(ctx, "guest interface", d.checkGuest)
 	d.check(ctx, "security context", d.checkSecurityContext)
@@ -279,7 +283,7 @@ func runDoctorInProcess(ctx context.Context, fl *doctorFlags, env doctorEnv, r *
 	d.check(ctx, "MAA endpoint", func(ctx context.Context) checkResult { return d.checkEndpoint(ctx, "-maa", fl.maa) })
 	d.check(ctx, "vault endpoint", func(ctx context.Context) checkResult { return d.checkEndpoint(ctx, "-akv", fl.akv) })
 	d.check(ctx, "MAA token", d.checkMAAToken)
-	d.check(ctx, "release policy", d.checkPolicy)
+	d.check(ctx, "release policy", func(ctx context.Context) checkResult { return d.checkPolicy(ctx, s) })
 	d.check(ctx, "key release", d.checkRelease)
 	d.check(ctx, "clock", d.checkClock)
 	return nil
@@ -427,7 +431,7 @@ func (d *doctorRun) checkIdentity(ctx context.Context) checkResult {
 	if err != nil {
 		return fail(identityFix(err), "%v", err)
 	}
-	d.bearer, d.source = tok, source
+	d.bearer = tok
 	return ok("from %s%s", source, describeBearer(tok, vaultResource(d.fl.akv), d.env.Now()))
 }
 
@@ -536,7 +540,7 @@ func (d *doctorRun) checkMAAToken(ctx context.Context) checkResult {
 
 // tokenFacts reads the MAA token's claims for the checks after it and
 // says what a release policy is checked against.
-func (d *doctorRun) tokenFacts(token string) checkResult {
+func (d *doctorCommon) tokenFacts(token string) checkResult {
 	claims, err := jwtClaims(token)
 	if err != nil {
 		return fail("", "MAA answered with a token whose claims cannot be read: %v", err)
@@ -576,14 +580,16 @@ func maaFix(err error) string {
 	return "see the message"
 }
 
-func (d *doctorRun) checkPolicy(ctx context.Context) checkResult {
+// checkPolicy reads the key's release policy through s and evaluates it
+// against the MAA token.
+func (d *doctorCommon) checkPolicy(ctx context.Context, s *server) checkResult {
 	switch {
 	case d.fl.kid == "":
 		return skip("give -kid (with -akv and -maa) to check the key's release policy against the MAA token")
 	case d.token == "" || d.bearer == "":
 		return skip("needs the MAA token and the identity token (above)")
 	}
-	return policyResult(checkKeyPolicy(ctx, d.s, d.fl, d.bearer, d.token))
+	return policyResult(checkKeyPolicy(ctx, s, d.fl, d.bearer, d.token))
 }
 
 // keyPolicyCheck is a key's release policy evaluated against a token.
@@ -634,14 +640,22 @@ func policyResult(c keyPolicyCheck) checkResult {
 	return ok("%s: %s", where, c.verdict)
 }
 
-func (d *doctorRun) checkRelease(ctx context.Context) checkResult {
+// releaseSkipped is the key release line when the release is not tried.
+func (d *doctorCommon) releaseSkipped() (checkResult, bool) {
 	switch {
 	case d.fl.kid == "":
-		return skip("not attempted (-kid and -release)")
+		return skip("not attempted (-kid and -release)"), true
 	case !d.fl.release:
-		return skip("not attempted: add -release to release %s once (the key is not printed)", d.fl.key.String())
+		return skip("not attempted: add -release to release %s once (the key is not printed)", d.fl.key.String()), true
 	case d.token == "" || d.bearer == "":
-		return skip("needs the MAA token and the identity token (above)")
+		return skip("needs the MAA token and the identity token (above)"), true
+	}
+	return checkResult{}, false
+}
+
+func (d *doctorRun) checkRelease(ctx context.Context) checkResult {
+	if res, skipped := d.releaseSkipped(); skipped {
+		return res
 	}
 	jwkJSON, step, err := d.s.releaseKey(ctx, &keyReleaseParams{MAAHost: d.fl.maa, VaultHost: d.fl.akv, Key: d.fl.key})
 	if err != nil {
@@ -661,7 +675,7 @@ func releasedResult(jwkJSON string) checkResult {
 	return ok("released a key of kty %s, kid %s (not printed)", k.Kty, k.Kid)
 }
 
-func (d *doctorRun) checkClock(context.Context) checkResult {
+func (d *doctorCommon) checkClock(context.Context) checkResult {
 	return clockResult(d.claims, d.env.Now())
 }
 

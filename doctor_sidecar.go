@@ -23,10 +23,8 @@ import (
 
 // sidecarDoctor is what the checks against a running sidecar find out.
 type sidecarDoctor struct {
-	fl     *doctorFlags
-	env    doctorEnv
-	report *doctorReport
-	base   string
+	doctorCommon
+	base string
 
 	status   sidecarStatus
 	up       bool
@@ -34,9 +32,6 @@ type sidecarDoctor struct {
 	verified bool
 	client   *server // the doctor's own upstream client, for the policy read
 	tokens   *tokenProvider
-	bearer   string
-	token    string
-	claims   map[string]any
 }
 
 // sidecarStatus is what /status says that the checks use.
@@ -55,7 +50,7 @@ type sidecarStatus struct {
 const doctorEmulatedBearer = "skr-doctor-emulated"
 
 func runDoctorAgainstSidecar(ctx context.Context, fl *doctorFlags, env doctorEnv, r *doctorReport) {
-	d := &sidecarDoctor{fl: fl, env: env, report: r, base: fl.addr}
+	d := &sidecarDoctor{doctorCommon: doctorCommon{fl: fl, env: env, report: r}, base: fl.addr}
 	fmt.Fprintf(r.w, "skr doctor %s: the sidecar at %s\n", version, d.base)
 	d.check(ctx, "sidecar", d.checkSidecar)
 	d.check(ctx, "evidence", d.checkEvidence)
@@ -68,15 +63,9 @@ func runDoctorAgainstSidecar(ctx context.Context, fl *doctorFlags, env doctorEnv
 	d.check(ctx, "MAA endpoint", func(ctx context.Context) checkResult { return d.checkEndpoint(ctx, "-maa", fl.maa) })
 	d.check(ctx, "vault endpoint", func(ctx context.Context) checkResult { return d.checkEndpoint(ctx, "-akv", fl.akv) })
 	d.check(ctx, "MAA token", d.checkMAAToken)
-	d.check(ctx, "release policy", d.checkPolicy)
+	d.check(ctx, "release policy", func(ctx context.Context) checkResult { return d.checkPolicy(ctx, d.client) })
 	d.check(ctx, "key release", d.checkRelease)
-	d.check(ctx, "clock", func(context.Context) checkResult { return clockResult(d.claims, env.Now()) })
-}
-
-func (d *sidecarDoctor) check(ctx context.Context, name string, fn func(ctx context.Context) checkResult) {
-	ctx, cancel := context.WithTimeout(ctx, doctorCheckTimeout)
-	defer cancel()
-	d.report.line(name, fn(ctx))
+	d.check(ctx, "clock", d.checkClock)
 }
 
 // setUp makes the doctor's own identity and upstream client from the
@@ -283,32 +272,12 @@ func (d *sidecarDoctor) checkMAAToken(ctx context.Context) checkResult {
 	if err := d.call(ctx, http.MethodPost, "/attest/maa", req, &out); err != nil {
 		return fail("see the sidecar's message; check -maa", "%v", err)
 	}
-	claims, err := jwtClaims(out.Token)
-	if err != nil {
-		return fail("", "the sidecar's MAA token: %v", err)
-	}
-	d.token, d.claims = out.Token, claims
-	return ok("%s", describeMAAClaims(claims, d.env.Now()))
-}
-
-func (d *sidecarDoctor) checkPolicy(ctx context.Context) checkResult {
-	switch {
-	case d.fl.kid == "":
-		return skip("give -kid (with -akv and -maa) to check the key's release policy against the MAA token")
-	case d.token == "" || d.bearer == "":
-		return skip("needs the MAA token and the identity token (above)")
-	}
-	return policyResult(checkKeyPolicy(ctx, d.client, d.fl, d.bearer, d.token))
+	return d.tokenFacts(out.Token)
 }
 
 func (d *sidecarDoctor) checkRelease(ctx context.Context) checkResult {
-	switch {
-	case d.fl.kid == "":
-		return skip("not attempted (-kid and -release)")
-	case !d.fl.release:
-		return skip("not attempted: add -release to have the sidecar release %s once (the key is not printed)", d.fl.key.String())
-	case !d.verified:
-		return skip("needs evidence that verifies (above)")
+	if res, skipped := d.releaseSkipped(); skipped {
+		return res
 	}
 	var out struct {
 		Key string `json:"key"`

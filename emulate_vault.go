@@ -532,11 +532,9 @@ func (v *emulatedVault) verifyTarget(ctx context.Context, target string, policy 
 	if err != nil {
 		return nil, err
 	}
-	dec := json.NewDecoder(bytes.NewReader(jws.Payload))
-	dec.UseNumber()
-	var claims map[string]any
-	if err := dec.Decode(&claims); err != nil || claims == nil {
-		return nil, errors.New("the token's claims are not a JSON object")
+	claims, err := jws.claims()
+	if err != nil {
+		return nil, err
 	}
 	iss, _ := claims["iss"].(string)
 	var authorities []string

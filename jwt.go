@@ -154,6 +154,11 @@ func jwtClaims(token string) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	return jws.claims()
+}
+
+// claims decodes a JWS payload as JWT claims, numbers as written.
+func (jws *parsedJWS) claims() (map[string]any, error) {
 	dec := json.NewDecoder(bytes.NewReader(jws.Payload))
 	dec.UseNumber()
 	var claims map[string]any
