@@ -1,7 +1,7 @@
 # skr: the Secure Key Release sidecar, its tools and the seed's test clients,
 # one static binary in an image with nothing else in it.
 #
-#   docker build --build-arg VERSION=$(git describe --always --dirty) -t skr .
+#   docker build --build-arg VERSION=$(git describe --always --dirty) --build-arg COMMIT=$(git rev-parse HEAD) -t skr .
 #
 # Entry points (links to /bin/skr; the binary picks its role from the name
 # it is started under, so no shell is needed):
@@ -16,7 +16,8 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY *.go ./
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /rootfs/bin/skr .
+ARG COMMIT=
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /rootfs/bin/skr .
 # scratch has no shell to make links with: make them here and copy the
 # whole tree, since COPY keeps the symbolic links inside a copied folder.
 RUN mkdir -p /rootfs/tests/skr /rootfs/etc/ssl/certs \

@@ -74,8 +74,26 @@
 // hold the JSON, base64 and file helpers; log.go speaks the upstream
 // sidecar's log levels.
 //
+// # Diagnostics
+//
+// A release that fails says why. explain.go reads the key's release policy
+// after a Key Vault 403 and evaluates it against the MAA token just sent,
+// with policyeval.go's evaluator (the one the emulated vault and `skr
+// policy check` use). correlation.go gives every answer an X-Request-Id
+// that its log lines share and carries MAA's and Key Vault's
+// x-ms-request-id into the log and the errors; metrics.go counts requests,
+// releases, attestations, certificate fetches and retries and times each
+// stage for /metrics; probe.go answers /livez and /readyz (can evidence be
+// produced now?) and is `skr probe`, the exec probe.
+//
 // # Other commands
 //
+//   - doctor.go: `skr doctor` checks, one line each with what to do,
+//     everything a release needs, in-process or (doctor_sidecar.go)
+//     against a running sidecar.
+//   - policycmd.go: `skr policy check` evaluates a release policy against
+//     an MAA token's claims offline, and lints it.
+//   - version.go: `skr version`.
 //   - digest.go: `skr digest` prints the sha256 of a base64 security
 //     policy, the HOST_DATA a release policy must name.
 //   - importkey.go: `skr importkey` imports a key into Key Vault or Managed

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/base64"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -277,5 +279,67 @@ func TestClockResult(t *testing.T) {
 	}
 	if got := clockResult(nil, now); got.status != checkSkip {
 		t.Errorf("no token: %v", got.status)
+	}
+}
+
+// The README's "When a release fails" runs, as written: the doctor passing
+// with demo-oct and failing with demo-denied, and policy check, each with
+// the output the README shows (statuses, checks, summary, the explanation).
+func TestREADMEWhenAReleaseFails(t *testing.T) {
+	steps, files := parseWalkthrough(t, readmeSection(t, "## When a release fails"))
+	dir := t.TempDir()
+	var doctorRuns, policyRuns int
+	for _, st := range steps {
+		if st.args == nil || len(st.shown) == 0 {
+			t.Fatalf("%s: not a go run command with its output", st.line)
+		}
+		args := append([]string(nil), st.args[1:]...)
+		for i := range args {
+			if content, ok := files[args[i]]; ok {
+				args[i] = filepath.Join(dir, args[i])
+				if err := os.WriteFile(args[i], []byte(content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var out, errOut bytes.Buffer
+		switch st.args[0] {
+		case "doctor":
+			env := doctorEnvFor(t, nil)
+			env.Server.TEE = newTestEmulator(t, nil)
+			code := doctorMain(args, &out, &errOut, env)
+			shown, shownSummary := parseDoctorOutput(t, strings.Join(st.shown, "\n")+"\n")
+			real, realSummary := parseDoctorOutput(t, out.String())
+			if shownSummary != realSummary || len(shown) != len(real) {
+				t.Fatalf("%s: the README shows %q, the run gives\n%s", st.line, shownSummary, out.String())
+			}
+			for i := range real {
+				same := shown[i].status == real[i].status && shown[i].name == real[i].name
+				if real[i].status == "fail" {
+					same = same && shown[i] == real[i]
+				}
+				if !same {
+					t.Errorf("%s: the README shows %+v, the run gives %+v", st.line, shown[i], real[i])
+				}
+			}
+			if want := map[bool]int{true: 0, false: 1}[strings.Contains(realSummary, " 0 failed")]; code != want {
+				t.Errorf("%s: exit %d", st.line, code)
+			}
+			doctorRuns++
+		case "policy":
+			env := policyEnv{Getenv: envOf(nil), Server: doctorEnvFor(t, nil).Server}
+			env.Server.TEE = newTestEmulator(t, nil)
+			policyMain(args, &out, &errOut, env)
+			real := strings.ReplaceAll(out.String(), dir+string(filepath.Separator), "")
+			if shown := strings.Join(st.shown, "\n") + "\n"; shown != real {
+				t.Errorf("%s: the README shows\n%s\nthe run gives\n%s%s", st.line, shown, real, errOut.String())
+			}
+			policyRuns++
+		default:
+			t.Fatalf("unexpected command %s", st.line)
+		}
+	}
+	if doctorRuns != 2 || policyRuns != 1 {
+		t.Errorf("the section runs the doctor %d times and policy check %d times, want 2 and 1", doctorRuns, policyRuns)
 	}
 }

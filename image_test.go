@@ -58,7 +58,7 @@ func TestDockerfile(t *testing.T) {
 	}
 	for _, want := range []string{
 		"CGO_ENABLED=0 go build -trimpath",
-		`-ldflags="-s -w -X main.version=${VERSION}"`,
+		`-ldflags="-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}"`,
 		"-o /rootfs/bin/skr",
 		"/etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt",
 		"COPY --from=build /rootfs/ /",

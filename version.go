@@ -8,6 +8,11 @@ import (
 	"strings"
 )
 
+// commit is stamped at build time with -ldflags "-X main.commit=..." where
+// the build has no version control information (the Dockerfile copies only
+// the sources); else the toolchain's record of it is used.
+var commit = ""
+
 // buildFacts is what a binary says about itself: enough to tell two builds
 // apart in a support case.
 type buildFacts struct {
@@ -27,16 +32,16 @@ var reportedModules = []string{"github.com/google/go-sev-guest", "golang.org/x/s
 // readBuildFacts reads the version stamped at build time and the build
 // information the Go toolchain records in every binary.
 func readBuildFacts() buildFacts {
-	f := buildFacts{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	f := buildFacts{Version: version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return f
 	}
 	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
+		switch {
+		case s.Key == "vcs.revision" && f.Commit == "":
 			f.Commit = s.Value
-		case "vcs.modified":
+		case s.Key == "vcs.modified" && commit == "":
 			f.Modified = s.Value == "true"
 		}
 	}
@@ -59,7 +64,7 @@ func readBuildFacts() buildFacts {
 func (f buildFacts) commitText() string {
 	switch {
 	case f.Commit == "":
-		return "unknown (built without version control information, e.g. from copied sources)"
+		return "unknown (built without version control information: stamp it with -ldflags \"-X main.commit=...\")"
 	case f.Modified:
 		return f.Commit + " (with uncommitted changes)"
 	}
