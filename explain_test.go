@@ -139,3 +139,19 @@ func TestReleaseRole(t *testing.T) {
 		}
 	}
 }
+
+// A key bundle is what a vault (or anything posing as one) answers.
+func FuzzReleasePolicyOfKey(f *testing.F) {
+	f.Add([]byte(`{"release_policy":{"data":"eyJ2ZXJzaW9uIjoiMS4wLjAiLCJhbnlPZiI6W119"}}`))
+	f.Add([]byte(`{"key":{}}`))
+	f.Add([]byte(`{"release_policy":null}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		raw, err := releasePolicyOfKey(b)
+		if err != nil {
+			return
+		}
+		if p, err := parseReleasePolicy(raw); err == nil {
+			_ = authorityHint(p, "maa.skr.localhost")
+		}
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // checkClaims are a token's claims as MAA issues them for SEV-SNP, with
@@ -217,4 +218,49 @@ func TestPolicyCheckEmulated(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "note:    the emulated MAA issues its tokens as https://maa.skr.localhost; from https://sharedeus.eus.attest.azure.net the same claims would give: met") {
 		t.Errorf("exit %d:\n%s%s", code, out, errOut)
 	}
+}
+
+// A policy file and a token file are whatever the user points at.
+func FuzzParsePolicyInput(f *testing.F) {
+	for _, s := range []string{
+		checkPolicy(recommendedConds),
+		base64.RawURLEncoding.EncodeToString([]byte(checkPolicy(recommendedConds))),
+		`{"release_policy":{"data":"` + b64url([]byte(checkPolicy(recommendedConds))) + `"}}`,
+		`{"contentType":"application/json","data":"e30"}`,
+		`{"key":{"authority":{"endpoint":"maa.skr.localhost"}},"claims":[[{"claim":"c","equals":"v"}]]}`,
+		`{"version":"1.0.0","anyOf":[{"authority":"a","anyOf":[{"anyOf":[]},{"allOf":[{"claim":"x","exists":true}]}]}]}`,
+		`{"version":"1.0.0","anyOf":[]}`, `[]`, ``, `eyJ9`,
+	} {
+		f.Add([]byte(s))
+	}
+	claims := tokenClaims(f, checkClaims)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		in, err := parsePolicyInput(b)
+		if err != nil {
+			return
+		}
+		_ = lintReleasePolicy(in.policy)
+		var out bytes.Buffer
+		in.source = "fuzz"
+		reportPolicyCheck(&out, in, claims, "fuzz", true)
+	})
+}
+
+func FuzzParseClaimsInput(f *testing.F) {
+	for _, s := range []string{checkClaims, `{"token":"a.b.c"}`, `eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln`, `{}`, `null`, ``} {
+		f.Add([]byte(s))
+	}
+	policy, err := decodeReleasePolicy([]byte(checkPolicy(recommendedConds)))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		claims, err := parseClaimsInput(b)
+		if err != nil {
+			return
+		}
+		_ = evaluateReleasePolicy(policy, claims).String()
+		_ = describeMAAClaims(claims, time.Now())
+		_ = clockResult(claims, time.Now())
+	})
 }
