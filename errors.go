@@ -20,6 +20,10 @@ const (
 	kindTimeout                    // a deadline ran out
 	kindNoRoute                    // HTTP only: no such endpoint
 	kindBadMethod                  // HTTP only: wrong method for the endpoint
+	kindUnsupported                // the call or its encoding is not offered
+	kindTooLarge                   // a message over this server's bound
+	kindPrecondition               // well-formed, but what it names cannot serve the call
+	kindProtocol                   // a caller broke the wire protocol's framing
 )
 
 // kindError is an error with a kind. Its message is written for the user:
