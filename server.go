@@ -35,7 +35,7 @@ type serverOptions struct {
 	Retry        *retryPolicy
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
-	AzureKeys           *emulatedAzureKeys  // keys of the emulated Azure services (-emulate); nil = made at start
+	AzureKeys    *emulatedAzureKeys // keys of the emulated Azure services (-emulate); nil = made at start
 }
 
 // server holds everything the handlers share.
