@@ -35,6 +35,9 @@ type serverOptions struct {
 	Retry        *retryPolicy
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
+	// TokenRetry adjusts the retry policies of the identity calls (IMDS,
+	// Entra ID), which keep their own retry decisions; nil = as they are.
+	TokenRetry func(retryPolicy) retryPolicy
 }
 
 // server holds everything the handlers share.
@@ -99,6 +102,10 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Log:              log,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
 	})
+	if opts.TokenRetry != nil {
+		s.tokens.imdsRetry = opts.TokenRetry(s.tokens.imdsRetry)
+		s.tokens.entraRetry = opts.TokenRetry(s.tokens.entraRetry)
+	}
 	s.rel = newReleaser(releaserConfig{
 		TTL:     cfg.WrappingKeyTTL,
 		Timeout: s.timeout,
