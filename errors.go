@@ -15,7 +15,7 @@ const (
 	kindInternal     errKind = iota // a bug in the sidecar
 	kindInvalid                     // the caller's request is malformed
 	kindDenied                      // a service refused, a policy was not met, or a response failed verification
-	kindUpstream                    // a service failed or answered garbage
+	kindUpstream                    // a service failed, answered garbage, or could not be reached
 	kindUnavailable                 // no SEV-SNP guest interface
 	kindTimeout                     // a deadline ran out
 	kindNoRoute                     // HTTP only: no such endpoint

@@ -36,6 +36,9 @@ type serverOptions struct {
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
 	AzureKeys    *emulatedAzureKeys // keys of the emulated Azure services (-emulate); nil = made at start
+	// TokenRetry adjusts the retry policies of the identity calls (IMDS,
+	// Entra ID), which keep their own retry decisions; nil = as they are.
+	TokenRetry func(retryPolicy) retryPolicy
 }
 
 // server holds everything the handlers share.
@@ -104,6 +107,10 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
 		Emulated:         s.emulatedIdentitySource,
 	})
+	if opts.TokenRetry != nil {
+		s.tokens.imdsRetry = opts.TokenRetry(s.tokens.imdsRetry)
+		s.tokens.entraRetry = opts.TokenRetry(s.tokens.entraRetry)
+	}
 	s.rel = newReleaser(releaserConfig{
 		TTL:     cfg.WrappingKeyTTL,
 		Timeout: s.timeout,
