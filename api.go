@@ -32,6 +32,14 @@ func statusFor(err error) int {
 		return http.StatusServiceUnavailable
 	case kindTimeout:
 		return http.StatusGatewayTimeout
+	case kindUnsupported:
+		return http.StatusNotImplemented
+	case kindTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case kindPrecondition:
+		return http.StatusConflict
+	case kindProtocol:
+		return http.StatusBadRequest
 	}
 	return http.StatusInternalServerError
 }

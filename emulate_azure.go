@@ -106,6 +106,16 @@ func newEmulatedAzureKeys(log *slog.Logger) *emulatedAzureKeys {
 }
 
 func (k *emulatedAzureKeys) generate() error {
+	caKey, err := k.generateKeys()
+	if err != nil {
+		return err
+	}
+	return k.certify(caKey)
+}
+
+// generateKeys makes every key of the run; it returns the CA's, which only
+// certify needs.
+func (k *emulatedAzureKeys) generateKeys() (*ecdsa.PrivateKey, error) {
 	// The three RSA keys are the slow part: make them side by side.
 	rsaKeys := make([]*rsa.PrivateKey, 3)
 	errs := make([]error, 3)
@@ -119,23 +129,30 @@ func (k *emulatedAzureKeys) generate() error {
 	}
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("CA key: %w", err)
+		return nil, fmt.Errorf("CA key: %w", err)
 	}
 	if k.identityKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-		return fmt.Errorf("identity key: %w", err)
+		return nil, fmt.Errorf("identity key: %w", err)
 	}
 	if k.demo.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-		return fmt.Errorf("demo EC key: %w", err)
+		return nil, fmt.Errorf("demo EC key: %w", err)
 	}
 	k.demo.oct = make([]byte, 32)
 	if _, err := rand.Read(k.demo.oct); err != nil {
-		return fmt.Errorf("demo oct key: %w", err)
+		return nil, fmt.Errorf("demo oct key: %w", err)
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("RSA keys: %w", err)
+		return nil, fmt.Errorf("RSA keys: %w", err)
 	}
 	k.maaSigner, k.vaultSigner, k.demo.rsa = rsaKeys[0], rsaKeys[1], rsaKeys[2]
+	return caKey, nil
+}
+
+// certify makes the run's CA and the signing certificates it issues to the
+// emulated MAA and vaults.
+func (k *emulatedAzureKeys) certify(caKey *ecdsa.PrivateKey) error {
+	var err error
 
 	now := time.Now().Add(-time.Hour) // tolerate a verifier's clock a little behind
 	caTmpl := &x509.Certificate{

@@ -12,14 +12,18 @@ import (
 type errKind uint8
 
 const (
-	kindInternal    errKind = iota // a bug in the sidecar
-	kindInvalid                    // the caller's request is malformed
-	kindDenied                     // a service refused, a policy was not met, or a response failed verification
-	kindUpstream                   // a service failed or answered garbage
-	kindUnavailable                // no SEV-SNP guest interface
-	kindTimeout                    // a deadline ran out
-	kindNoRoute                    // HTTP only: no such endpoint
-	kindBadMethod                  // HTTP only: wrong method for the endpoint
+	kindInternal     errKind = iota // a bug in the sidecar
+	kindInvalid                     // the caller's request is malformed
+	kindDenied                      // a service refused, a policy was not met, or a response failed verification
+	kindUpstream                    // a service failed, answered garbage, or could not be reached
+	kindUnavailable                 // no SEV-SNP guest interface
+	kindTimeout                     // a deadline ran out
+	kindNoRoute                     // HTTP only: no such endpoint
+	kindBadMethod                   // HTTP only: wrong method for the endpoint
+	kindUnsupported                 // the call or its encoding is not offered
+	kindTooLarge                    // a message over this server's bound
+	kindPrecondition                // well-formed, but what it names cannot serve the call
+	kindProtocol                    // a caller broke the wire protocol's framing
 )
 
 // kindError is an error with a kind. Its message is written for the user:

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -108,17 +109,19 @@ type armTemplate struct {
 type armContainer struct {
 	Name       string `json:"name"`
 	Properties struct {
-		Image   string   `json:"image"`
-		Command []string `json:"command"`
-		Env     []struct {
-			Name  string `json:"name"`
-			Value string `json:"value"`
-			Regex bool   `json:"regex"`
-		} `json:"environmentVariables"`
+		Image           string   `json:"image"`
+		Command         []string `json:"command"`
+		Env             []armEnv `json:"environmentVariables"`
 		SecurityContext struct {
 			Privileged bool `json:"privileged"`
 		} `json:"securityContext"`
 	} `json:"properties"`
+}
+
+type armEnv struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+	Regex bool   `json:"regex"`
 }
 
 var armParamRE = regexp.MustCompile(`^\[parameters\('([^']+)'\)\]$`)
@@ -236,62 +239,202 @@ func checkClientEnv(t *testing.T, name string, env map[string]string, client fun
 	}
 }
 
-// The policy input describes the template's containers: same commands,
-// same variables, literal values equal and patterns matching the values.
-func TestExamplePolicyInputMatchesTemplate(t *testing.T) {
-	t.Parallel()
+// policyInput is examples/aci/policy-input.json, confcom's input.
+type policyInput struct {
+	Version    string         `json:"version"`
+	Containers []armContainer `json:"containers"`
+}
+
+// readACIExample reads the ACI example's template and policy input.
+func readACIExample(t *testing.T) (*armTemplate, *policyInput) {
+	t.Helper()
 	var tpl armTemplate
 	readJSON(t, "examples/aci/skr-template.json", &tpl)
-	var in struct {
-		Version    string         `json:"version"`
-		Containers []armContainer `json:"containers"`
-	}
+	var in policyInput
 	readJSON(t, "examples/aci/policy-input.json", &in)
+	if len(tpl.Resources) != 1 {
+		t.Fatalf("%d resources in the template", len(tpl.Resources))
+	}
+	return &tpl, &in
+}
+
+// imageParam is how every container of the template names its image, so
+// that one deployment parameter sets them all.
+const imageParam = "[parameters('image')]"
+
+// policyInputDrift lists, container by container, where the policy input
+// and the template disagree: names, commands, image, environment variable
+// names and values, security context. A group deployed from a template its
+// policy does not describe is refused, or runs without the SNP device.
+func policyInputDrift(t *testing.T, tpl *armTemplate, in *policyInput) []string {
+	t.Helper()
+	var drift []string
+	add := func(format string, args ...any) { drift = append(drift, fmt.Sprintf(format, args...)) }
 	if in.Version != "1.0" {
-		t.Errorf("version %q", in.Version)
+		add("policy input version %q, want 1.0", in.Version)
 	}
-	byName := map[string]armContainer{}
+	policy := map[string]armContainer{}
 	for _, c := range in.Containers {
-		byName[c.Name] = c
+		if _, dup := policy[c.Name]; dup {
+			add("container %s appears twice in the policy input", c.Name)
+		}
+		policy[c.Name] = c
 	}
-	tc := tpl.Resources[0].Properties.Containers
-	if len(in.Containers) != len(tc) {
-		t.Fatalf("%d containers in the policy input, %d in the template", len(in.Containers), len(tc))
-	}
-	for _, c := range tc {
-		p, ok := byName[c.Name]
+	template := map[string]bool{}
+	for _, c := range tpl.Resources[0].Properties.Containers {
+		template[c.Name] = true
+		p, ok := policy[c.Name]
 		if !ok {
-			t.Errorf("container %s is not in the policy input", c.Name)
+			add("container %s of the template is not in the policy input", c.Name)
 			continue
 		}
-		if p.Properties.Image != tpl.resolve(t, c.Properties.Image) {
-			t.Errorf("%s: image %q in the policy input, %q in the template", c.Name, p.Properties.Image, tpl.resolve(t, c.Properties.Image))
+		drift = append(drift, containerDrift(t, tpl, c, p)...)
+	}
+	for _, c := range in.Containers {
+		if !template[c.Name] {
+			add("container %s of the policy input is not in the template", c.Name)
 		}
-		if !slices.Equal(p.Properties.Command, c.Properties.Command) {
-			t.Errorf("%s: command %q vs %q", c.Name, p.Properties.Command, c.Properties.Command)
+	}
+	return drift
+}
+
+// containerDrift compares one container of the template (c) with its
+// policy input entry (p).
+func containerDrift(t *testing.T, tpl *armTemplate, c, p armContainer) []string {
+	var drift []string
+	add := func(format string, args ...any) { drift = append(drift, c.Name+": "+fmt.Sprintf(format, args...)) }
+	if !slices.Equal(p.Properties.Command, c.Properties.Command) {
+		add("command %q in the policy input, %q in the template", p.Properties.Command, c.Properties.Command)
+	}
+	if c.Properties.Image != imageParam {
+		add("the template's image is %q, not the image parameter %s", c.Properties.Image, imageParam)
+	} else if img := tpl.resolve(t, imageParam); p.Properties.Image != img {
+		add("image %q in the policy input, the template's image parameter defaults to %q", p.Properties.Image, img)
+	}
+	sidecar := len(c.Properties.Command) == 1 && c.Properties.Command[0] == "/skr.sh"
+	pp, tp := p.Properties.SecurityContext.Privileged, c.Properties.SecurityContext.Privileged
+	switch {
+	case pp != tp:
+		add("privileged is %v in the policy input, %v in the template", pp, tp)
+	case pp != sidecar:
+		add("privileged = %v; only the sidecar (for the SNP device) is privileged", pp)
+	}
+	rules := map[string]armEnv{}
+	for _, e := range p.Properties.Env {
+		rules[e.Name] = e
+	}
+	set := map[string]bool{}
+	for _, e := range c.Properties.Env {
+		set[e.Name] = true
+		val := tpl.resolve(t, e.Value)
+		rule, ok := rules[e.Name]
+		switch {
+		case !ok:
+			add("the template sets %s, which the policy input does not allow", e.Name)
+		case rule.Regex && !regexp.MustCompile(`^(?:`+rule.Value+`)$`).MatchString(val):
+			add("%s=%q does not match the policy's %q", e.Name, val, rule.Value)
+		case !rule.Regex && rule.Value != val:
+			add("%s=%q, the policy says %q", e.Name, val, rule.Value)
 		}
-		if want := c.Properties.Command[0] == "/skr.sh"; p.Properties.SecurityContext.Privileged != want {
-			t.Errorf("%s: privileged = %v; only the sidecar (SNP device) may be", c.Name, p.Properties.SecurityContext.Privileged)
+	}
+	for _, e := range p.Properties.Env {
+		if !set[e.Name] {
+			add("the policy input allows %s, which the template does not set", e.Name)
 		}
-		rules := map[string]string{}
-		regex := map[string]bool{}
-		for _, e := range p.Properties.Env {
-			rules[e.Name], regex[e.Name] = e.Value, e.Regex
+	}
+	return drift
+}
+
+// The policy input describes the template's containers exactly.
+func TestExamplePolicyInputMatchesTemplate(t *testing.T) {
+	t.Parallel()
+	tpl, in := readACIExample(t)
+	for _, d := range policyInputDrift(t, tpl, in) {
+		t.Error(d)
+	}
+	if len(in.Containers) != 4 {
+		t.Errorf("%d containers in the policy input, want the sidecar and three clients", len(in.Containers))
+	}
+}
+
+// Each way the two files can drift apart is caught.
+func TestPolicyInputDriftIsCaught(t *testing.T) {
+	t.Parallel()
+	const sidecar, client = 0, 3 // skr-sidecar-container, test-skr-client-container
+	for _, tc := range []struct {
+		name   string
+		break_ func(tpl []armContainer, in []armContainer)
+		want   string
+	}{
+		{"container renamed in the template", func(tpl, in []armContainer) { tpl[client].Name = "renamed" }, "container renamed of the template is not in the policy input"},
+		{"container renamed in the policy input", func(tpl, in []armContainer) { in[client].Name = "renamed" }, "container renamed of the policy input is not in the template"},
+		{"command", func(tpl, in []armContainer) { tpl[sidecar].Properties.Command = []string{"/bin/sh"} }, "command"},
+		{"variable only in the template", func(tpl, in []armContainer) {
+			tpl[sidecar].Properties.Env = append(tpl[sidecar].Properties.Env, armEnv{Name: "LogFile", Value: "/log.txt"})
+		}, "the template sets LogFile, which the policy input does not allow"},
+		{"variable only in the policy input", func(tpl, in []armContainer) {
+			in[client].Properties.Env = append(in[client].Properties.Env, armEnv{Name: "SkrClientMHSMEndpoint", Value: ".*", Regex: true})
+		}, "the policy input allows SkrClientMHSMEndpoint, which the template does not set"},
+		{"variable value", func(tpl, in []armContainer) { in[sidecar].Properties.Env[2].Value = "debug" }, `LogLevel="info", the policy says "debug"`},
+		{"image not the parameter", func(tpl, in []armContainer) { tpl[client].Properties.Image = "myregistry.azurecr.io/skr:1.0" }, "not the image parameter"},
+		{"image tag", func(tpl, in []armContainer) { in[client].Properties.Image = "myregistry.azurecr.io/skr:latest" }, `image "myregistry.azurecr.io/skr:latest" in the policy input`},
+		{"sidecar not privileged in the template", func(tpl, in []armContainer) { tpl[sidecar].Properties.SecurityContext.Privileged = false }, "privileged is true in the policy input, false in the template"},
+		{"sidecar not privileged in the policy input", func(tpl, in []armContainer) { in[sidecar].Properties.SecurityContext.Privileged = false }, "privileged is false in the policy input, true in the template"},
+		{"client privileged in both", func(tpl, in []armContainer) {
+			tpl[client].Properties.SecurityContext.Privileged = true
+			in[client].Properties.SecurityContext.Privileged = true
+		}, "only the sidecar"},
+	} {
+		tpl, in := readACIExample(t)
+		tcs := tpl.Resources[0].Properties.Containers
+		if tcs[sidecar].Name != "skr-sidecar-container" || tcs[client].Name != "test-skr-client-container" ||
+			in.Containers[sidecar].Name != tcs[sidecar].Name || in.Containers[client].Name != tcs[client].Name {
+			t.Fatal("the example's containers moved: update the indexes of this test")
 		}
-		if len(rules) != len(c.Properties.Env) {
-			t.Errorf("%s: %d variables in the policy input, %d in the template", c.Name, len(rules), len(c.Properties.Env))
+		tc.break_(tcs, in.Containers)
+		drift := policyInputDrift(t, tpl, in)
+		if !slices.ContainsFunc(drift, func(d string) bool { return strings.Contains(d, tc.want) }) {
+			t.Errorf("%s: drift %q does not report %q", tc.name, drift, tc.want)
 		}
-		for _, e := range c.Properties.Env {
-			val := tpl.resolve(t, e.Value)
-			rule, ok := rules[e.Name]
-			switch {
-			case !ok:
-				t.Errorf("%s: %s is not allowed by the policy input", c.Name, e.Name)
-			case regex[e.Name] && !regexp.MustCompile(`^(?:`+rule+`)$`).MatchString(val):
-				t.Errorf("%s: %s=%q does not match the policy's %q", c.Name, e.Name, val, rule)
-			case !regex[e.Name] && rule != val:
-				t.Errorf("%s: %s=%q, the policy says %q", c.Name, e.Name, val, rule)
-			}
+	}
+}
+
+// The walkthrough builds, names in the policy input and deploys one image,
+// and creates the resource group it uses.
+func TestExampleWalkthroughMatchesExample(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	_, walk, ok := strings.Cut(readme, "## Walkthrough: the seed's flow on Confidential ACI")
+	if !ok {
+		t.Fatal("README has no ACI walkthrough")
+	}
+	walk, _, _ = strings.Cut(walk, "\n## ")
+	tpl, in := readACIExample(t)
+	image := tpl.resolve(t, imageParam)
+	for _, c := range in.Containers {
+		if c.Properties.Image != image {
+			t.Errorf("%s: policy input image %q, template default %q", c.Name, c.Properties.Image, image)
+		}
+	}
+	for _, want := range []string{"-t " + image + " .", "docker push " + image, "image=" + image} {
+		if !strings.Contains(walk, want) {
+			t.Errorf("the walkthrough lacks %q (the example's image is %s)", want, image)
+		}
+	}
+	group := regexp.MustCompile(`az group create -n (\S+)`).FindStringSubmatch(walk)
+	if group == nil {
+		t.Fatal("the walkthrough never creates its resource group (az group create)")
+	}
+	create := strings.Index(walk, group[0])
+	for _, m := range regexp.MustCompile(`-g (\S+)`).FindAllStringSubmatchIndex(walk, -1) {
+		if rg := walk[m[2]:m[3]]; rg != group[1] {
+			t.Errorf("the walkthrough uses resource group %q but creates %q", rg, group[1])
+		} else if m[0] < create {
+			t.Errorf("the walkthrough uses -g %s before az group create", rg)
 		}
 	}
 }

@@ -83,37 +83,11 @@ func (c grpcCode) String() string {
 	return "Code(" + strconv.Itoa(int(c)) + ")"
 }
 
-// grpcError is a status the gRPC layer sets itself, for failures that have
-// no error kind: protocol violations, oversized messages, unknown methods,
-// a key that exists but cannot serve the call.
-type grpcError struct {
-	code grpcCode
-	msg  string
-	err  error
-}
-
-func (e *grpcError) Error() string {
-	if e.err == nil {
-		return e.msg
-	}
-	return e.msg + ": " + e.err.Error()
-}
-
-func (e *grpcError) Unwrap() error { return e.err }
-
-func grpcErrorf(code grpcCode, err error, format string, args ...any) *grpcError {
-	return &grpcError{code: code, msg: fmt.Sprintf(format, args...), err: err}
-}
-
 // grpcStatusFor maps any error to the status the call ends with: the one
 // place where a failure becomes a gRPC code, as statusFor is for HTTP.
 func grpcStatusFor(err error) grpcCode {
 	if err == nil {
 		return codeOK
-	}
-	var ge *grpcError
-	if errors.As(err, &ge) {
-		return ge.code
 	}
 	switch errorKind(err) {
 	case kindInvalid:
@@ -124,8 +98,12 @@ func grpcStatusFor(err error) grpcCode {
 		return codeUnavailable
 	case kindTimeout:
 		return codeDeadlineExceeded
-	case kindNoRoute, kindBadMethod:
+	case kindNoRoute, kindBadMethod, kindUnsupported:
 		return codeUnimplemented
+	case kindTooLarge:
+		return codeResourceExhausted
+	case kindPrecondition:
+		return codeFailedPrecondition
 	}
 	return codeInternal
 }
@@ -139,7 +117,7 @@ func unaryMethod(fn func(ctx context.Context, req []byte) ([]byte, error)) grpcM
 	return func(ctx context.Context, st *grpcStream) error {
 		req, err := st.recv()
 		if errors.Is(err, io.EOF) {
-			return grpcErrorf(codeInternal, nil, "unary call without a request message")
+			return newError(kindProtocol, nil, "unary call without a request message")
 		}
 		if err != nil {
 			return err
@@ -148,7 +126,7 @@ func unaryMethod(fn func(ctx context.Context, req []byte) ([]byte, error)) grpcM
 			if err != nil {
 				return err
 			}
-			return grpcErrorf(codeInternal, nil, "unary call with more than one request message")
+			return newError(kindProtocol, nil, "unary call with more than one request message")
 		}
 		resp, err := fn(ctx, req)
 		if err != nil {
@@ -223,17 +201,17 @@ func (s *server) serveGRPC(w http.ResponseWriter, r *http.Request, m grpcMethod)
 
 func (s *server) runGRPC(r *http.Request, st *grpcStream, m grpcMethod) error {
 	if r.Method != http.MethodPost {
-		return grpcErrorf(codeUnimplemented, nil, "gRPC calls are POST requests, not %s", r.Method)
+		return newError(kindUnsupported, nil, "gRPC calls are POST requests, not %s", r.Method)
 	}
 	if m == nil {
-		return grpcErrorf(codeUnimplemented, nil, "unknown method %s: this server offers %s and %s (use server reflection to list them)",
+		return newError(kindUnsupported, nil, "unknown method %s: this server offers %s and %s (use server reflection to list them)",
 			r.URL.Path, keyProviderFiles[0].fullName(), keyProviderFiles[1].fullName())
 	}
 	timeout := s.timeout
 	if v := r.Header.Get("Grpc-Timeout"); v != "" {
 		d, err := parseGRPCTimeout(v)
 		if err != nil {
-			return grpcErrorf(codeInvalidArgument, err, "grpc-timeout header")
+			return newError(kindInvalid, err, "grpc-timeout header")
 		}
 		timeout = min(timeout, d)
 	}
@@ -241,7 +219,7 @@ func (s *server) runGRPC(r *http.Request, st *grpcStream, m grpcMethod) error {
 	defer cancel()
 	err := m(ctx, st)
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil {
-		return grpcErrorf(codeDeadlineExceeded, err, "deadline of %v exceeded", timeout)
+		return newError(kindTimeout, err, "deadline of %v exceeded", timeout)
 	}
 	return err
 }
@@ -284,22 +262,22 @@ func readGRPCMessage(r io.Reader, limit int) ([]byte, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, io.EOF
 		}
-		return nil, grpcErrorf(codeInternal, err, "read the request message's prefix")
+		return nil, newError(kindProtocol, err, "read the request message's prefix")
 	}
 	switch hdr[0] {
 	case 0:
 	case 1:
-		return nil, grpcErrorf(codeUnimplemented, nil, "compressed messages are not supported: send them uncompressed (grpc-encoding identity)")
+		return nil, newError(kindUnsupported, nil, "compressed messages are not supported: send them uncompressed (grpc-encoding identity)")
 	default:
-		return nil, grpcErrorf(codeInternal, nil, "message prefix has flags %#x: not a gRPC message", hdr[0])
+		return nil, newError(kindProtocol, nil, "message prefix has flags %#x: not a gRPC message", hdr[0])
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if uint64(n) > uint64(limit) {
-		return nil, grpcErrorf(codeResourceExhausted, nil, "request message of %d bytes is larger than the %d bytes this server accepts", n, limit)
+		return nil, newError(kindTooLarge, nil, "request message of %d bytes is larger than the %d bytes this server accepts", n, limit)
 	}
 	msg := make([]byte, n)
 	if _, err := io.ReadFull(r, msg); err != nil {
-		return nil, grpcErrorf(codeInternal, err, "request message cut short after its prefix said %d bytes", n)
+		return nil, newError(kindProtocol, err, "request message cut short after its prefix said %d bytes", n)
 	}
 	return msg, nil
 }
@@ -307,7 +285,7 @@ func readGRPCMessage(r io.Reader, limit int) ([]byte, error) {
 // send writes one answer message and flushes it to the client.
 func (st *grpcStream) send(msg []byte) error {
 	if len(msg) > maxGRPCMessage {
-		return grpcErrorf(codeResourceExhausted, nil, "answer of %d bytes is larger than %d bytes", len(msg), maxGRPCMessage)
+		return newError(kindTooLarge, nil, "answer of %d bytes is larger than %d bytes", len(msg), maxGRPCMessage)
 	}
 	st.start()
 	frame := make([]byte, 5, 5+len(msg))

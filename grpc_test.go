@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -190,8 +191,11 @@ func TestGRPCStatusFor(t *testing.T) {
 		{newError(kindInternal, nil, "x"), codeInternal},
 		{errors.New("a bug"), codeInternal},
 		{&upstreamError{Service: "Key Vault", StatusCode: 403}, codePermissionDenied},
-		{grpcErrorf(codeFailedPrecondition, newError(kindInvalid, nil, "x"), "y"), codeFailedPrecondition},
-		{newError(kindDenied, grpcErrorf(codeResourceExhausted, nil, "inner"), "outer"), codeResourceExhausted},
+		{newError(kindPrecondition, newError(kindInvalid, nil, "x"), "y"), codeFailedPrecondition},
+		{newError(kindTooLarge, nil, "x"), codeResourceExhausted},
+		{newError(kindUnsupported, nil, "x"), codeUnimplemented},
+		{newError(kindProtocol, nil, "x"), codeInternal},
+		{fmt.Errorf("context: %w", newError(kindTooLarge, nil, "x")), codeResourceExhausted},
 	}
 	for _, tc := range tests {
 		if got := grpcStatusFor(tc.err); got != tc.want {
@@ -242,8 +246,8 @@ func FuzzReadGRPCMessage(f *testing.F) {
 		for {
 			msg, err := readGRPCMessage(r, 64)
 			if err != nil {
-				var ge *grpcError
-				if !errors.Is(err, io.EOF) && !errors.As(err, &ge) {
+				var ke *kindError
+				if !errors.Is(err, io.EOF) && !errors.As(err, &ke) {
 					t.Fatalf("untyped error %v", err)
 				}
 				return

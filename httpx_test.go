@@ -334,6 +334,40 @@ func TestDoWithRetryRetriesNetworkErrors(t *testing.T) {
 	}
 }
 
+// A service that cannot be reached is a 502 naming it; one that does not
+// answer before the client's own timeout (the request's context still
+// running) is a 504.
+func TestDoWithRetryTransportFailureKinds(t *testing.T) {
+	t.Parallel()
+	refused := httptest.NewServer(http.NotFoundHandler())
+	refused.Close()
+	hang := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(hang)
+	p := retryPolicy{Attempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		url    string
+		status int
+	}{
+		{"refused", http.DefaultClient, refused.URL, http.StatusBadGateway},
+		{"client timeout", &http.Client{Timeout: 20 * time.Millisecond}, slow.URL, http.StatusGatewayTimeout},
+	} {
+		_, _, err := doWithRetry(context.Background(), tc.client, "test service", p, nil, getter(tc.url))
+		host := strings.TrimPrefix(tc.url, "http://")
+		if err == nil || statusFor(err) != tc.status || !strings.Contains(err.Error(), "test service at "+host) {
+			t.Errorf("%s: err = %v (status %d), want %d naming the service and %s", tc.name, err, statusFor(err), tc.status, host)
+		}
+	}
+}
+
 func TestBackoffIsBoundedAndJittered(t *testing.T) {
 	t.Parallel()
 	p := retryPolicy{BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second}

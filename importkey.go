@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -173,7 +174,7 @@ func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {
 	fs.BoolVar(&fl.DryRun, "dry-run", false, "print the release policy and the request (private key material and token redacted); send and write nothing")
 	fs.StringVar(&fl.KeyDir, "keydir", ".", "folder for the key files written (KID.pem, KID.hex, KID.derived.hex)")
 	fs.IntVar(&fl.Port, "port", 0, "for "+emulatedVaultHost+" and "+emulatedHSMHost+": the port of the skr -emulate sidecar on 127.0.0.1 that serves them (default: env Port, else 8080)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(joinBoolFlagValues(fs, args)); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, 0
 		}
@@ -189,4 +190,37 @@ func parseImportFlags(args []string, stderr io.Writer) (*importFlags, int) {
 		return nil, 2
 	}
 	return fl, 0
+}
+
+// joinBoolFlagValues turns "-out true" into "-out=true". Microsoft's README
+// runs importkey as "-c importkeyconfig.json -out true", but the flag
+// package takes a bool flag's value only after "=", so "true" would end
+// the flags and be refused as an argument.
+func joinBoolFlagValues(fs *flag.FlagSet, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		out = append(out, a)
+		name := strings.TrimLeft(a, "-")
+		if a == "--" || !strings.HasPrefix(a, "-") || name == "" {
+			return append(out, args[i+1:]...) // the flags end here
+		}
+		if strings.Contains(name, "=") || i+1 == len(args) {
+			continue
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !b.IsBoolFlag() {
+			out = append(out, args[i+1]) // the flag's value, whatever it looks like
+			i++
+			continue
+		}
+		if next := args[i+1]; next == "true" || next == "false" {
+			out[len(out)-1] = a + "=" + next
+			i++
+		}
+	}
+	return out
 }

@@ -86,8 +86,11 @@ func loadImportPlan(fl *importFlags) (*importPlan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", fl.Config, err)
 	}
-	if err := checkFlagsAgainstPlan(fl, plan, cfg.KeyDerivation); err != nil {
+	if err := checkFlagsAgainstPlan(fl, plan); err != nil {
 		return nil, err
+	}
+	if err := planDerivation(plan, cfg.KeyDerivation, fl.Out); err != nil {
+		return nil, fmt.Errorf("config %s: %w", fl.Config, err)
 	}
 	return plan, nil
 }
@@ -104,7 +107,7 @@ func planFromConfig(cfg *importKeyConfig) (*importPlan, error) {
 	if err := planPolicy(p, cfg); err != nil {
 		return nil, err
 	}
-	if err := planDerivation(p, cfg.KeyDerivation); err != nil {
+	if err := checkKeyTypeFitsVault(p, cfg.Key.KTY == ""); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -112,18 +115,28 @@ func planFromConfig(cfg *importKeyConfig) (*importPlan, error) {
 
 // planKey reads the key's name, type, operations and shape.
 func planKey(p *importPlan, k importKeySpec) error {
-	p.KID, p.KTY, p.KeyOps = strings.TrimSpace(k.KID), k.KTY, k.KeyOps
-	if p.KID == "" {
+	p.KID, p.KTY, p.KeyOps = strings.TrimSpace(k.KID), strings.TrimSpace(k.KTY), k.KeyOps
+	switch {
+	case p.KID == "":
 		return errors.New("key.kid is missing: set the key's name in the vault")
-	}
-	if !keyNamePattern.MatchString(p.KID) {
+	case isPlaceholder(p.KID):
+		return placeholderError("key.kid", p.KID, "put the name of the key to create in the vault (letters, digits and '-')")
+	case strings.Contains(p.KID, "/keys/"):
+		return fmt.Errorf("key.kid %q is a key identifier: put only the key's name in key.kid and the vault's host in key.akv.endpoint", p.KID)
+	case !keyNamePattern.MatchString(p.KID):
 		return fmt.Errorf("key.kid %q is not a Key Vault key name (1-127 letters, digits and '-')", p.KID)
 	}
 	switch p.KTY {
 	case ktyOct, ktyRSA, ktyEC:
 	case "":
-		return errors.New(`key.kty is missing: set "oct-HSM", "RSA-HSM" or "EC-HSM"`)
+		// Microsoft's importkey imports an oct-HSM key when kty is not
+		// set, and its README calls the field optional.
+		p.KTY = ktyOct
+		p.Warnings = append(p.Warnings, `key.kty is not set: importing an oct-HSM key, the default (Managed HSM only); set "oct-HSM", "RSA-HSM" or "EC-HSM" to choose`)
 	default:
+		if isPlaceholder(p.KTY) {
+			return placeholderError("key.kty", p.KTY, `put "oct-HSM" (Managed HSM only), "RSA-HSM" or "EC-HSM", or remove key.kty for oct-HSM`)
+		}
 		return fmt.Errorf(`key.kty %q is not supported: use "oct-HSM", "RSA-HSM" or "EC-HSM"`, p.KTY)
 	}
 	for _, op := range p.KeyOps {
@@ -145,6 +158,12 @@ func planVault(p *importPlan, k importKeySpec) error {
 	}
 	if vault == nil || strings.TrimSpace(vault.Endpoint) == "" {
 		return errors.New("key.akv.endpoint is missing: set the vault host, e.g. myvault.vault.azure.net or myhsm.managedhsm.azure.net")
+	}
+	if isPlaceholder(vault.Endpoint) {
+		return placeholderError("key.akv.endpoint", vault.Endpoint, "put the vault's host, e.g. myvault.vault.azure.net or myhsm.managedhsm.azure.net")
+	}
+	if isPlaceholder(vault.APIVersion) {
+		return placeholderError("key.akv.api_version", vault.APIVersion, `put "api-version=7.4", or leave it empty for 7.4`)
 	}
 	var err error
 	if p.Vault, err = normalizeEndpoint("key.akv.endpoint", vault.Endpoint); err != nil {
@@ -168,6 +187,9 @@ func planPolicy(p *importPlan, cfg *importKeyConfig) error {
 	if strings.TrimSpace(k.Authority.Endpoint) == "" {
 		return errors.New("key.authority.endpoint is missing: set the MAA endpoint whose tokens may release the key, e.g. sharedeus.eus.attest.azure.net")
 	}
+	if isPlaceholder(k.Authority.Endpoint) {
+		return placeholderError("key.authority.endpoint", k.Authority.Endpoint, "put the MAA endpoint whose tokens may release the key, e.g. sharedeus.eus.attest.azure.net")
+	}
 	maa, err := normalizeEndpoint("key.authority.endpoint", k.Authority.Endpoint)
 	if err != nil {
 		return err
@@ -176,20 +198,39 @@ func planPolicy(p *importPlan, cfg *importKeyConfig) error {
 	return err
 }
 
+const saltHint = "put a hex salt (e.g. from openssl rand -hex 32), or remove salt for a random one"
+
 // planDerivation reads the salt and label of the key -out derives from an
-// RSA-HSM key.
-func planDerivation(p *importPlan, d *keyDerivationSpec) error {
-	if d != nil {
-		if d.Salt != "" {
-			var err error
-			if p.Salt, err = hex.DecodeString(strings.TrimSpace(d.Salt)); err != nil || len(p.Salt) == 0 {
-				return fmt.Errorf("key_derivation.salt is not hex: %q", d.Salt)
-			}
-		}
-		p.Label = d.Label
+// RSA-HSM key. Microsoft's example config carries a key_derivation block
+// whatever the key type; where it does not apply it is ignored, with a
+// warning, and not checked.
+func planDerivation(p *importPlan, d *keyDerivationSpec, out bool) error {
+	p.Label = defaultDerivationLabel
+	if d == nil || (d.Salt == "" && d.Label == "") {
+		return nil
 	}
-	if p.Label == "" {
-		p.Label = defaultDerivationLabel
+	switch {
+	case p.KTY != ktyRSA:
+		p.Warnings = append(p.Warnings, fmt.Sprintf("key_derivation is ignored: it applies only to RSA-HSM keys imported with -out, and key.kty is %s", p.KTY))
+		return nil
+	case !out:
+		p.Warnings = append(p.Warnings, "key_derivation is ignored: it applies only with -out, which writes the key derived from the RSA-HSM key")
+		return nil
+	}
+	if salt := strings.TrimSpace(d.Salt); salt != "" {
+		if isPlaceholder(salt) {
+			return placeholderError("key_derivation.salt", salt, saltHint)
+		}
+		var err error
+		if p.Salt, err = hex.DecodeString(salt); err != nil || len(p.Salt) == 0 {
+			return fmt.Errorf("key_derivation.salt is not hex: %q: %s", d.Salt, saltHint)
+		}
+	}
+	if isPlaceholder(d.Label) {
+		return placeholderError("key_derivation.label", d.Label, fmt.Sprintf("put a label of your own, or remove label for the default %q", defaultDerivationLabel))
+	}
+	if d.Label != "" {
+		p.Label = d.Label
 	}
 	return nil
 }
@@ -224,8 +265,10 @@ func planKeyShape(p *importPlan, k importKeySpec) error {
 	return nil
 }
 
-// checkFlagsAgainstPlan refuses flag combinations that do not fit the kty.
-func checkFlagsAgainstPlan(fl *importFlags, p *importPlan, kd *keyDerivationSpec) error {
+// checkFlagsAgainstPlan refuses flag combinations that do not fit the kty,
+// and a credential the run would use that is still the example's
+// placeholder.
+func checkFlagsAgainstPlan(fl *importFlags, p *importPlan) error {
 	switch {
 	case fl.KeyHex != "" && fl.KeyPEM != "":
 		return errors.New("give -kh (oct-HSM) or -kp (RSA-HSM, EC-HSM), not both")
@@ -235,8 +278,10 @@ func checkFlagsAgainstPlan(fl *importFlags, p *importPlan, kd *keyDerivationSpec
 		return errors.New("-kp gives an RSA or EC key but key.kty is oct-HSM: use -kh HEX")
 	case fl.Out && p.KTY == ktyEC:
 		return errors.New("-out writes an oct-HSM key or a key derived from an RSA-HSM key; EC-HSM has neither")
-	case kd != nil && p.KTY != ktyRSA:
-		return fmt.Errorf("key_derivation is only for RSA-HSM keys (with -out), not %s", p.KTY)
+	case !fl.Azure && isPlaceholder(p.BearerToken):
+		return placeholderError("key.akv.bearer_token", p.BearerToken, fmt.Sprintf("put the accessToken of az account get-access-token --resource %s --query accessToken -o tsv, or use -a inside Azure", vaultResource(p.Vault)))
+	case fl.Azure && isPlaceholder(p.ClientID):
+		return placeholderError("identity.client_id", p.ClientID, "put the client id of the managed identity, or remove identity for the system-assigned one")
 	}
 	if fl.DryRun {
 		return nil
@@ -246,4 +291,40 @@ func checkFlagsAgainstPlan(fl *importFlags, p *importPlan, kd *keyDerivationSpec
 		return fmt.Errorf("-keydir %s is not a folder", fl.KeyDir)
 	}
 	return nil
+}
+
+// checkKeyTypeFitsVault refuses an oct-HSM key for a Key Vault: only a
+// Managed HSM holds oct-HSM keys, and Microsoft's example defaults to one.
+func checkKeyTypeFitsVault(p *importPlan, ktyDefaulted bool) error {
+	if p.KTY != ktyOct || !isKeyVaultHost(p.Vault) {
+		return nil
+	}
+	why := "key.kty is oct-HSM"
+	if ktyDefaulted {
+		why = "key.kty is not set, so oct-HSM"
+	}
+	return fmt.Errorf("%s, which only a Managed HSM holds, but key.akv.endpoint %s is a Key Vault: set key.kty to \"RSA-HSM\" (-out then writes a symmetric key derived from it) or import into a Managed HSM (NAME.managedhsm.azure.net)", why, p.Vault)
+}
+
+// isKeyVaultHost is true for a Key Vault (not Managed HSM) host name.
+func isKeyVaultHost(host string) bool {
+	h := hostName(host)
+	for _, v := range vaultResources {
+		if strings.HasPrefix(v.suffix, ".vault.") && strings.HasSuffix(h, v.suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// isPlaceholder is true for a value left as the example's "<...>".
+func isPlaceholder(s string) bool {
+	s = strings.TrimSpace(s)
+	return len(s) >= 2 && s[0] == '<' && s[len(s)-1] == '>'
+}
+
+// placeholderError says which field still holds the example's placeholder
+// and what to put there.
+func placeholderError(field, value, hint string) error {
+	return fmt.Errorf("%s still holds the example's placeholder %q: %s", field, strings.TrimSpace(value), hint)
 }

@@ -13,8 +13,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -726,7 +729,36 @@ func TestImportBadConfigsWriteNothing(t *testing.T) {
 		{name: "trailing data", raw: `{} {}`, want: "data after"},
 		{name: "missing kid", mutate: func(m map[string]any) { delete(keyOf(m), "kid") }, want: "key.kid is missing"},
 		{name: "kid with a slash", mutate: func(m map[string]any) { keyOf(m)["kid"] = "../x" }, want: "not a Key Vault key name"},
-		{name: "missing kty", mutate: func(m map[string]any) { delete(keyOf(m), "kty") }, want: "key.kty is missing"},
+		{name: "placeholder kid", mutate: func(m map[string]any) { keyOf(m)["kid"] = "<key-vault-key-name>" }, want: `key.kid still holds the example's placeholder "<key-vault-key-name>": put the name`},
+		{name: "kid as a key identifier", mutate: func(m map[string]any) { keyOf(m)["kid"] = "https://myhsm.managedhsm.azure.net/keys/k1" }, want: "put only the key's name in key.kid"},
+		{name: "placeholder kty", mutate: func(m map[string]any) { keyOf(m)["kty"] = "<key-type-of-key-imported-to-akv>" }, want: `key.kty still holds the example's placeholder "<key-type-of-key-imported-to-akv>": put "oct-HSM"`},
+		{name: "oct-HSM into a Key Vault", mutate: func(m map[string]any) {
+			keyOf(m)["kty"] = "oct-HSM"
+			keyOf(m)["akv"].(map[string]any)["endpoint"] = "myvault.vault.azure.net"
+		}, want: `key.kty is oct-HSM, which only a Managed HSM holds, but key.akv.endpoint myvault.vault.azure.net is a Key Vault: set key.kty to "RSA-HSM"`},
+		{name: "no kty, into a Key Vault", mutate: func(m map[string]any) {
+			delete(keyOf(m), "kty")
+			keyOf(m)["akv"].(map[string]any)["endpoint"] = "https://myvault.vault.azure.cn"
+		}, want: "key.kty is not set, so oct-HSM, which only a Managed HSM holds"},
+		{name: "placeholder vault endpoint", mutate: func(m map[string]any) { keyOf(m)["akv"].(map[string]any)["endpoint"] = "<key-vault-endpoint>" }, want: "key.akv.endpoint still holds the example's placeholder"},
+		{name: "placeholder api version", mutate: func(m map[string]any) { keyOf(m)["akv"].(map[string]any)["api_version"] = "<api-version>" }, want: "key.akv.api_version still holds"},
+		{name: "placeholder authority", mutate: func(m map[string]any) { keyOf(m)["authority"] = map[string]any{"endpoint": "<maa-endpoint>"} }, want: "key.authority.endpoint still holds the example's placeholder"},
+		{name: "placeholder bearer token", mutate: func(m map[string]any) {
+			keyOf(m)["akv"].(map[string]any)["bearer_token"] = "<aad-token-with-permissions-to-key-vault>"
+		}, want: "key.akv.bearer_token still holds the example's placeholder \"<aad-token-with-permissions-to-key-vault>\": put the accessToken of az account get-access-token --resource https://vault.azure.net"},
+		{name: "placeholder bearer token, dry run", mutate: func(m map[string]any) {
+			keyOf(m)["akv"].(map[string]any)["bearer_token"] = "<aad-token>"
+		}, args: []string{"-dry-run"}, want: "key.akv.bearer_token still holds"},
+		{name: "placeholder client id with -a", mutate: func(m map[string]any) { m["identity"] = map[string]any{"client_id": "<client-id>"} }, args: []string{"-a"}, want: "identity.client_id still holds"},
+		{name: "placeholder salt with -out", mutate: func(m map[string]any) {
+			m["key_derivation"] = map[string]any{"salt": "<salt-for-key-derivation-valid-only-for-RSA-HSM-keys>", "label": "x"}
+		}, args: []string{"-out"}, want: "key_derivation.salt still holds the example's placeholder"},
+		{name: "placeholder label with -out", mutate: func(m map[string]any) {
+			m["key_derivation"] = map[string]any{"label": "<label-for-derived-key-valid-only-for-RSA-HSM-keys>"}
+		}, args: []string{"-out"}, want: `remove label for the default "Symmetric Encryption Key"`},
+		{name: "placeholder claim value", mutate: func(m map[string]any) {
+			m["claims"] = [][]map[string]any{{{"claim": "x-ms-sevsnpvm-hostdata", "equals": testHostData}, {"claim": "x-ms-compliance-status", "equals": "<status>"}}}
+		}, want: `claim "x-ms-compliance-status" still holds the example's placeholder`},
 		{name: "unknown kty", mutate: func(m map[string]any) { keyOf(m)["kty"] = "AES" }, want: `key.kty "AES" is not supported`},
 		{name: "missing vault endpoint", mutate: func(m map[string]any) { delete(keyOf(m), "akv") }, want: "key.akv.endpoint is missing"},
 		{name: "http vault endpoint", mutate: func(m map[string]any) { keyOf(m)["akv"].(map[string]any)["endpoint"] = "http://kv" }, want: "only https"},
@@ -737,6 +769,9 @@ func TestImportBadConfigsWriteNothing(t *testing.T) {
 		{name: "claims twice", mutate: func(m map[string]any) { keyOf(m)["claims"] = testClaims() }, want: "both at the top level"},
 		{name: "placeholder hostdata", mutate: func(m map[string]any) {
 			m["claims"] = [][]map[string]any{{{"claim": "x-ms-sevsnpvm-hostdata", "equals": "<hash-digest-of-the-security-policy>"}}}
+		}, want: "still holds the example's placeholder \"<hash-digest-of-the-security-policy>\": put the digest of your security policy"},
+		{name: "hostdata not hex", mutate: func(m map[string]any) {
+			m["claims"] = [][]map[string]any{{{"claim": "x-ms-sevsnpvm-hostdata", "equals": "ABC"}}}
 		}, want: "64 lower-case hex"},
 		{name: "object claim value", mutate: func(m map[string]any) {
 			m["claims"] = [][]map[string]any{{{"claim": "x", "equals": map[string]any{}}}}
@@ -750,6 +785,7 @@ func TestImportBadConfigsWriteNothing(t *testing.T) {
 		{name: "bad RSA size", mutate: func(m map[string]any) { keyOf(m)["key_size"] = 1024 }, want: "2048, 3072 or 4096"},
 		{name: "bad curve", mutate: func(m map[string]any) { keyOf(m)["kty"] = "EC-HSM"; keyOf(m)["crv"] = "P-192" }, want: "P-256, P-384 or P-521"},
 		{name: "bad salt hex", mutate: func(m map[string]any) { m["key_derivation"] = map[string]any{"salt": "zz"} }, args: []string{"-out"}, want: "salt is not hex"},
+		{name: "bool flag with a stray value", args: []string{"-out", "maybe"}, want: `unexpected arguments ["maybe"]`},
 		{name: "no token", mutate: func(m map[string]any) { delete(keyOf(m)["akv"].(map[string]any), "bearer_token") }, want: "no bearer token"},
 		{name: "bad -kh hex", mutate: func(m map[string]any) { keyOf(m)["kty"] = "oct-HSM" }, args: []string{"-kh", "zz"}, want: "neither an existing file nor a hex string"},
 		{name: "-kh of a wrong size", mutate: func(m map[string]any) { keyOf(m)["kty"] = "oct-HSM" }, args: []string{"-kh", "0011"}, want: "16, 24 or 32 bytes"},
@@ -842,6 +878,7 @@ func FuzzImportConfig(f *testing.F) {
 	f.Add([]byte(`{"key":{"kid":"k","kty":"oct-HSM","authority":{"endpoint":"a"},"akv":{"endpoint":"b"}},"claims":[[{"claim":"c","equals":"d"}]]}`))
 	f.Add([]byte(`{"claims":[{"claim":"c","equals":1}]}`))
 	f.Add([]byte(`{"key":{"claims":[[{"claim":"x-ms-sevsnpvm-hostdata","equals":true}]]}}`))
+	f.Add([]byte(`{"key":{"kid":"k","authority":{"endpoint":"a"},"akv":{"endpoint":"<b>"}},"key_derivation":{"salt":"<s>"},"claims":[[{"claim":"c","equals":"<d>"}]]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var cfg importKeyConfig
 		if json.Unmarshal(b, &cfg) != nil {
@@ -852,7 +889,7 @@ func FuzzImportConfig(f *testing.F) {
 			return
 		}
 		// An accepted config names a usable key and a policy with claims.
-		if !keyNamePattern.MatchString(p.KID) || len(p.Policy.AnyOf) == 0 || p.Vault == "" {
+		if !keyNamePattern.MatchString(p.KID) || len(p.Policy.AnyOf) == 0 || p.Vault == "" || (p.KTY != ktyOct && p.KTY != ktyRSA && p.KTY != ktyEC) {
 			t.Fatalf("accepted an unusable config: %+v", p)
 		}
 		for _, a := range p.Policy.AnyOf {
@@ -861,4 +898,219 @@ func FuzzImportConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Microsoft's example config carries a key_derivation block (with its
+// placeholders) whatever the key type: where it does not apply it is
+// ignored with a one-line warning, and the key is imported.
+func TestImportKeyDerivationIgnoredWhereItDoesNotApply(t *testing.T) {
+	t.Parallel()
+	rsaKey, _ := testKeys(t)
+	pkcs8, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
+	pemFile := writeTempFile(t, "key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))
+	deriv := map[string]any{"salt": "<salt-for-key-derivation-valid-only-for-RSA-HSM-keys>", "label": "<label-for-derived-key-valid-only-for-RSA-HSM-keys>"}
+	for _, tc := range []struct {
+		name, kty, imported string
+		args                []string
+		warnings            []string
+	}{
+		{"oct-HSM", "oct-HSM", "oct-HSM", nil, []string{"key_derivation is ignored: it applies only to RSA-HSM keys imported with -out, and key.kty is oct-HSM"}},
+		{"EC-HSM", "EC-HSM", "EC-HSM", nil, []string{"key_derivation is ignored: it applies only to RSA-HSM keys imported with -out, and key.kty is EC-HSM"}},
+		{"RSA-HSM without -out", "RSA-HSM", "RSA-HSM", []string{"-kp", pemFile}, []string{"key_derivation is ignored: it applies only with -out"}},
+		{"kty not set", "", "oct-HSM", nil, []string{"key.kty is not set: importing an oct-HSM key", "key_derivation is ignored: it applies only to RSA-HSM keys imported with -out, and key.kty is oct-HSM"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newVaultStandIn(t, "deriv")
+			cfg := writeImportConfig(t, v, importCase{KTY: tc.kty, Deriv: deriv})
+			code, out, errOut := runImport(t, v, nil, append([]string{"-c", cfg, "-keydir", t.TempDir()}, tc.args...)...)
+			checkSuccessOutput(t, code, out, errOut, "deriv")
+			checkCommonBody(t, v.lastBody(), tc.imported, nil)
+			lines := strings.Split(strings.TrimSuffix(errOut, "\n"), "\n")
+			var warnings []string
+			for _, l := range lines {
+				if strings.HasPrefix(l, "skr importkey: warning: ") {
+					warnings = append(warnings, l)
+				}
+			}
+			if len(warnings) != len(tc.warnings) {
+				t.Fatalf("warnings %q, want %d", warnings, len(tc.warnings))
+			}
+			for i, w := range tc.warnings {
+				if !strings.Contains(warnings[i], w) {
+					t.Errorf("warning %q, want %q", warnings[i], w)
+				}
+			}
+		})
+	}
+}
+
+// Microsoft's README runs "importkey -c importkeyconfig.json -out true
+// [-kh FILE]": a bool flag's value after a space is taken as its value.
+func TestImportOutWithSeparateValue(t *testing.T) {
+	t.Parallel()
+	keyHex := strings.Repeat("5a", 32)
+	keyFile := writeTempFile(t, "encryptionKey", []byte(keyHex+"\n"))
+	for _, tc := range []struct {
+		value string
+		files int
+	}{{"true", 1}, {"false", 0}} {
+		v := newVaultStandIn(t, "outkey")
+		cfg := writeImportConfig(t, v, importCase{KTY: "oct-HSM"})
+		dir := t.TempDir()
+		code, out, errOut := runImport(t, v, nil, "-c", cfg, "-out", tc.value, "-kh", keyFile, "-keydir", dir)
+		checkSuccessOutput(t, code, out, errOut, "outkey")
+		key := checkCommonBody(t, v.lastBody(), "oct-HSM", nil)
+		if key["k"] != b64url(mustHex(t, keyHex)) {
+			t.Errorf("-out %s: imported k %v, want the -kh key", tc.value, key["k"])
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != tc.files {
+			t.Errorf("-out %s wrote %v, want %d files", tc.value, entries, tc.files)
+		}
+	}
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestJoinBoolFlagValues(t *testing.T) {
+	t.Parallel()
+	set := flag.NewFlagSet("t", flag.ContinueOnError)
+	set.Bool("out", false, "")
+	set.Bool("a", false, "")
+	set.String("c", "", "")
+	set.String("kh", "", "")
+	for _, tc := range []struct{ in, want string }{
+		{"-c x -out true", "-c x -out=true"},
+		{"-out false -a", "-out=false -a"},
+		{"--out true -a true", "--out=true -a=true"},
+		{"-c -out true", "-c -out true"},     // -out is -c's value; "true" stays stray
+		{"-kh true -out", "-kh true -out"},   // a string flag's value
+		{"-out=true true", "-out=true true"}, // has its value already
+		{"x -out true", "x -out true"},       // the flags ended at x
+		{"-- -out true", "-- -out true"},     // ... or at --
+		{"-out yes", "-out yes"},             // not a bool value
+		{"-nosuch true", "-nosuch true"},     // the parser reports it
+		{"-out", "-out"},
+	} {
+		got := strings.Join(joinBoolFlagValues(set, strings.Fields(tc.in)), " ")
+		if got != tc.want {
+			t.Errorf("%q → %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// microsoftExamples holds Microsoft's own example importkey configs
+// (see its README); they are read, never copied into the repository.
+const microsoftExamples = "../shared/testdata/microsoft-examples"
+
+// fillPlaceholders replaces every "<...>" of a decoded config with what a
+// user puts there, chosen by the field's path. A placeholder in a field it
+// does not know fails the test: a new field in Microsoft's example must be
+// looked at.
+func fillPlaceholders(t *testing.T, v any, path string, values map[string]string) any {
+	t.Helper()
+	switch x := v.(type) {
+	case map[string]any:
+		for k, child := range x {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			x[k] = fillPlaceholders(t, child, p, values)
+		}
+	case []any:
+		for i, child := range x {
+			x[i] = fillPlaceholders(t, child, path+"[]", values)
+		}
+	case string:
+		if strings.HasPrefix(x, "<") && strings.HasSuffix(x, ">") {
+			val, ok := values[path]
+			if !ok {
+				t.Fatalf("placeholder %q at %s: no value for this field", x, path)
+			}
+			return val
+		}
+	}
+	return v
+}
+
+func TestImportMicrosoftExampleConfigs(t *testing.T) {
+	t.Parallel()
+	const salt = "92a631483ca875aad7e2477da755d58cac3876b77d10bcdd7b33bfa11e7d8b8e"
+	keyFile := writeTempFile(t, "encryptionKey", bytes.Repeat([]byte{0xa7}, 32)) // raw bytes, as Microsoft's -kh file
+	for _, name := range []string{"importkeyconfig.json", "encfs-importkeyconfig.json"} {
+		raw, err := os.ReadFile(filepath.Join(microsoftExamples, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			t.Skipf("%s is absent", microsoftExamples)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name, kty, vault string
+			args             []string
+			warnings         []string
+			want             []string // in the dry run's output
+		}{
+			{name: "oct-HSM", kty: "oct-HSM", vault: "myhsm.managedhsm.azure.net",
+				warnings: []string{"key_derivation is ignored"},
+				want:     []string{`"kty": "oct-HSM"`, "the oct-HSM key would be generated"}},
+			{name: "RSA-HSM, README's -out true", kty: "RSA-HSM", vault: "myvault.vault.azure.net", args: []string{"-out", "true"},
+				want: []string{`"kty": "RSA-HSM"`, "salt " + salt + `, label "Model Encryption Key"`}},
+			{name: "kty removed, README's -out true -kh FILE", vault: "myhsm.managedhsm.azure.net", args: []string{"-out", "true", "-kh", keyFile},
+				warnings: []string{"key.kty is not set", "key_derivation is ignored"},
+				want:     []string{`"kty": "oct-HSM"`, `"key_size": 256`, "the oct-HSM key (hex)"}},
+		} {
+			t.Run(name+"/"+tc.name, func(t *testing.T) {
+				var cfg map[string]any
+				if err := json.Unmarshal(raw, &cfg); err != nil {
+					t.Fatal(err)
+				}
+				values := map[string]string{
+					"key.kid": "skr-example-key", "key.kty": tc.kty,
+					"key.authority.endpoint": testMAA, "key.akv.endpoint": tc.vault,
+					"key.akv.bearer_token": testBearer,
+					"key_derivation.salt":  salt, "key_derivation.label": "Model Encryption Key",
+					"claims[][].equals": testHostData,
+				}
+				fillPlaceholders(t, cfg, "", values)
+				if tc.kty == "" {
+					delete(cfg["key"].(map[string]any), "kty")
+				}
+				path := writeJSONFile(t, cfg)
+				code, out, errOut := runImport(t, nil, nil, append([]string{"-dry-run", "-c", path, "-keydir", t.TempDir()}, tc.args...)...)
+				if code != 0 {
+					t.Fatalf("exit %d: %s", code, errOut)
+				}
+				for _, w := range tc.warnings {
+					if !strings.Contains(errOut, "skr importkey: warning: "+w) {
+						t.Errorf("stderr lacks the warning %q: %s", w, errOut)
+					}
+				}
+				if n := strings.Count(errOut, "\n"); n != len(tc.warnings) {
+					t.Errorf("stderr has %d lines, want %d warnings: %s", n, len(tc.warnings), errOut)
+				}
+				for _, w := range append(tc.want, "PUT https://"+tc.vault+"/keys/skr-example-key?api-version=7.4") {
+					if !strings.Contains(out, w) {
+						t.Errorf("dry run output lacks %q:\n%s", w, out)
+					}
+				}
+				_, rest, _ := strings.Cut(out, "release policy:\n")
+				policy, _, _ := strings.Cut(rest, "\n\nrequest")
+				var got any
+				if err := json.Unmarshal([]byte(policy), &got); err != nil || !reflect.DeepEqual(got, expectedPolicy()) {
+					t.Errorf("release policy %s (%v), want Microsoft's four claims under https://%s", policy, err, testMAA)
+				}
+				if strings.Contains(out+errOut, testBearer) {
+					t.Error("the bearer token was printed")
+				}
+			})
+		}
+	}
 }

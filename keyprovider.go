@@ -243,7 +243,7 @@ func releasedRSAKey(jwkJSON string, key keyRef) (*rsa.PrivateKey, error) {
 		return nil, newError(kindInternal, err, "read the released key %q", key.String())
 	}
 	if k.Kty != "RSA" {
-		return nil, grpcErrorf(codeFailedPrecondition, nil, "key %q is a %s key: UnWrapKey needs an RSA key (RSA-HSM, as the key setup creates)", key.String(), k.Kty)
+		return nil, newError(kindPrecondition, nil, "key %q is a %s key: UnWrapKey needs an RSA key (RSA-HSM, as the key setup creates)", key.String(), k.Kty)
 	}
 	priv, err := k.rsaPrivateKey()
 	if err != nil {

@@ -135,6 +135,13 @@ func checkClaim(c releaseClaim) error {
 	}
 	switch v := v.(type) {
 	case string:
+		if isPlaceholder(v) {
+			hint := "put the value the MAA token must carry"
+			if c.Claim == hostDataClaim {
+				hint = "put the digest of your security policy (skr digest -f POLICY.base64)"
+			}
+			return placeholderError(fmt.Sprintf("claim %q", c.Claim), v, hint)
+		}
 		if c.Claim == hostDataClaim && !lowerHex64.MatchString(v) {
 			return fmt.Errorf("%s %q is not 64 lower-case hex digits: compute it with skr digest -f POLICY.base64", hostDataClaim, v)
 		}

@@ -98,8 +98,8 @@ func policyMain(args []string, stdout, stderr io.Writer, env policyEnv) int {
 	return 0
 }
 
-// policyInput is a policy as read, and what it was read from.
-type policyInput struct {
+// releasePolicyInput is a policy as read, and what it was read from.
+type releasePolicyInput struct {
 	policy *releasePolicy
 	form   string // e.g. "release policy JSON", "importkey config"
 	source string
@@ -108,7 +108,7 @@ type policyInput struct {
 	grammarErr error
 }
 
-func readPolicyFile(path string) (*policyInput, error) {
+func readPolicyFile(path string) (*releasePolicyInput, error) {
 	raw, err := readBounded(path, maxPolicyInput)
 	if err != nil {
 		return nil, fmt.Errorf("read the policy: %w", err)
@@ -122,7 +122,7 @@ func readPolicyFile(path string) (*policyInput, error) {
 }
 
 // parsePolicyInput recognises the forms a policy comes in.
-func parsePolicyInput(raw []byte) (*policyInput, error) {
+func parsePolicyInput(raw []byte) (*releasePolicyInput, error) {
 	text := bytes.TrimSpace(raw)
 	if len(text) == 0 {
 		return nil, errors.New("the policy file is empty")
@@ -169,17 +169,17 @@ func parsePolicyInput(raw []byte) (*policyInput, error) {
 	return policyFromJSON(text)
 }
 
-func policyFromJSON(data []byte) (*policyInput, error) {
+func policyFromJSON(data []byte) (*releasePolicyInput, error) {
 	p, err := decodeReleasePolicy(data)
 	if err != nil {
 		return nil, err
 	}
-	return &policyInput{policy: p, form: "release policy JSON", grammarErr: p.validate()}, nil
+	return &releasePolicyInput{policy: p, form: "release policy JSON", grammarErr: p.validate()}, nil
 }
 
 // policyFromImportConfig is the policy importkey would import with this
 // config.
-func policyFromImportConfig(text []byte) (*policyInput, error) {
+func policyFromImportConfig(text []byte) (*releasePolicyInput, error) {
 	var cfg importKeyConfig
 	if err := json.Unmarshal(text, &cfg); err != nil {
 		return nil, fmt.Errorf("not an importkey config: %w", err)
@@ -188,7 +188,7 @@ func policyFromImportConfig(text []byte) (*policyInput, error) {
 	if err := planPolicy(&plan, &cfg); err != nil {
 		return nil, fmt.Errorf("importkey config: %w", err)
 	}
-	return &policyInput{policy: &plan.Policy, form: "the policy of an importkey config", grammarErr: plan.Policy.validate()}, nil
+	return &releasePolicyInput{policy: &plan.Policy, form: "the policy of an importkey config", grammarErr: plan.Policy.validate()}, nil
 }
 
 // readClaimsFile reads an MAA token, /attest/maa's answer or bare claims.
@@ -258,7 +258,7 @@ func emulatedClaims(env policyEnv) (map[string]any, error) {
 
 // reportPolicyCheck prints what was read, the lint and the verdict, and
 // says whether the policy is met.
-func reportPolicyCheck(w io.Writer, in *policyInput, claims map[string]any, from string, emulated bool) bool {
+func reportPolicyCheck(w io.Writer, in *releasePolicyInput, claims map[string]any, from string, emulated bool) bool {
 	iss, _ := claims["iss"].(string)
 	if iss == "" {
 		iss = "no issuer"

@@ -146,6 +146,7 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 		// only to vault hosts, and this is one.
 		IdentityTokenHosts: []string{e.kv.host},
 		Retry:              &releaseRetry,
+		TokenRetry:         fastRetryPolicy,
 		WrappingKeys:       o.newKey,
 		Clock:              o.clock,
 	}

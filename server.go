@@ -36,6 +36,9 @@ type serverOptions struct {
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
 	AzureKeys    *emulatedAzureKeys // keys of the emulated Azure services (-emulate); nil = made at start
+	// TokenRetry adjusts the retry policies of the identity calls (IMDS,
+	// Entra ID), which keep their own retry decisions; nil = as they are.
+	TokenRetry func(retryPolicy) retryPolicy
 }
 
 // server holds everything the handlers share.
@@ -108,6 +111,10 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
 		Emulated:         s.emulatedIdentitySource,
 	})
+	if opts.TokenRetry != nil {
+		s.tokens.imdsRetry = opts.TokenRetry(s.tokens.imdsRetry)
+		s.tokens.entraRetry = opts.TokenRetry(s.tokens.entraRetry)
+	}
 	s.tokens.imdsRetry.OnRetry, s.tokens.entraRetry.OnRetry = s.metrics.retry, s.metrics.retry
 	s.rel = newReleaser(releaserConfig{
 		TTL:     cfg.WrappingKeyTTL,

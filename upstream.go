@@ -86,7 +86,9 @@ func defaultRetryable(status int) bool {
 
 // doWithRetry sends the request built by newReq until it gets a 2xx, a final
 // error status, or runs out of tries or time. It returns the bounded body of
-// a 2xx answer; a final non-2xx answer comes back as *upstreamError.
+// a 2xx answer; a final non-2xx answer comes back as *upstreamError, a
+// service that could not be reached or whose answer broke off as
+// kindUpstream (kindTimeout when a deadline ran out), naming the host.
 // Network errors are retried; a context cancellation or deadline is not.
 func doWithRetry(ctx context.Context, client *http.Client, service string, p retryPolicy, log *slog.Logger, newReq func(context.Context) (*http.Request, error)) ([]byte, http.Header, error) {
 	if p.Attempts < 1 {
@@ -105,15 +107,17 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 		tagUpstreamRequest(ctx, req)
 		var retryAfter time.Duration
 		resp, err := client.Do(req)
-		if err == nil {
+		if err != nil {
+			err = unreachable(service, req.URL.Host, 0, err)
+		} else {
 			noteUpstreamResponse(ctx, service, resp.Header)
 			body, rerr := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
 			resp.Body.Close()
 			switch {
 			case rerr != nil:
-				err = fmt.Errorf("read %s response: %w", service, rerr)
+				err = unreachable(service, req.URL.Host, resp.StatusCode, rerr)
 			case len(body) > maxUpstreamBody:
-				return nil, nil, fmt.Errorf("%s response is larger than %d bytes", service, maxUpstreamBody)
+				return nil, nil, newError(kindUpstream, nil, "%s at %s answered more than %d bytes", service, req.URL.Host, maxUpstreamBody)
 			case resp.StatusCode/100 == 2:
 				return body, resp.Header, nil
 			default:
@@ -144,6 +148,27 @@ func doWithRetry(ctx context.Context, client *http.Client, service string, p ret
 			return nil, nil, fmt.Errorf("%s: %w (last error: %v)", service, err, lastErr)
 		}
 	}
+}
+
+// unreachable is a call that got no usable answer: a name that does not
+// resolve, a connection refused or reset, an answer (status, 0 = none) cut
+// short. That is the service's or the network's failure, not the sidecar's:
+// kindUpstream, or kindTimeout when a deadline ran out. The transport's own
+// error names the URL; what is kept of it is its cause, after the service
+// and host.
+func unreachable(service, host string, status int, err error) error {
+	kind, what := kindUpstream, "could not be reached"
+	if isTimeout(err) {
+		kind, what = kindTimeout, "did not answer in time"
+	}
+	if status != 0 {
+		what = fmt.Sprintf("sent an answer (HTTP %d) that broke off", status)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return newError(kind, err, "%s at %s %s", service, host, what)
 }
 
 // wait pauses d, or until ctx ends.
