@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -85,6 +86,23 @@ func doctorMain(args []string, stdout, stderr io.Writer, env doctorEnv) int {
 
 func parseDoctorFlags(args []string, stderr io.Writer, getenv func(string) string) (*doctorFlags, int) {
 	var fl doctorFlags
+	fs := doctorFlagSet(&fl, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, exitCodeForParse(err)
+	}
+	err := fl.complete(getenv)
+	if fs.NArg() > 0 {
+		err = fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "skr doctor: %v\n%s\n", err, doctorUsage)
+		return nil, 2
+	}
+	return &fl, 0
+}
+
+// doctorFlagSet declares doctor's flags into fl.
+func doctorFlagSet(fl *doctorFlags, stderr io.Writer) *flag.FlagSet {
 	fs := newCommandFlags("skr doctor", stderr, doctorUsage,
 		"Checks everything a key release needs, one line each with what to do, from inside the container group:",
 		"the guest interface and a report, the security context and its HOST_DATA, the platform certificates",
@@ -99,65 +117,60 @@ func parseDoctorFlags(args []string, stderr io.Writer, getenv func(string) strin
 	fs.StringVar(&fl.addr, "addr", "", "check the sidecar running at HOST:PORT through its API instead of building one in-process")
 	fs.StringVar(&fl.base64, "base64", "", "SkrSideCarArgs, as the sidecar takes it (env SkrSideCarArgs)")
 	fs.BoolVar(&fl.verbose, "v", false, "also print the in-process sidecar's log (debug level) to stderr")
-	if err := fs.Parse(args); err != nil {
-		return nil, exitCodeForParse(err)
+	return fs
+}
+
+// complete fills what the environment gives and checks the flags together.
+func (f *doctorFlags) complete(getenv func(string) string) error {
+	if f.base64 == "" {
+		f.base64 = getenv("SkrSideCarArgs")
 	}
-	usage := func(format string, a ...any) (*doctorFlags, int) {
-		fmt.Fprintf(stderr, "skr doctor: "+format+"\n%s\n", append(a, doctorUsage)...)
-		return nil, 2
-	}
-	if fs.NArg() > 0 {
-		return usage("unexpected arguments %q", fs.Args())
-	}
-	if fl.base64 == "" {
-		fl.base64 = getenv("SkrSideCarArgs")
-	}
-	if !fl.emulate {
+	if !f.emulate {
 		if v := getenv("SKR_EMULATE"); v != "" {
 			b, err := parseEmulateSetting(v)
 			if err != nil {
-				return usage("%v", err)
+				return err
 			}
-			fl.emulate = b
+			f.emulate = b
 		}
 	}
 	for _, e := range []struct {
 		name string
 		v    *string
-	}{{"maa", &fl.maa}, {"akv", &fl.akv}} {
+	}{{"maa", &f.maa}, {"akv", &f.akv}} {
 		if *e.v == "" {
 			continue
 		}
 		h, err := normalizeEndpoint(e.name, *e.v)
 		if err != nil {
-			return usage("-%s: %v", e.name, err)
+			return fmt.Errorf("-%s: %w", e.name, err)
 		}
 		*e.v = h
 	}
-	if fl.kid != "" {
-		k, err := parseKeyRef(fl.kid)
+	if f.kid != "" {
+		k, err := parseKeyRef(f.kid)
 		if err != nil {
-			return usage("-kid: %v", err)
+			return fmt.Errorf("-kid: %w", err)
 		}
-		fl.key = k
-		if fl.akv == "" || fl.maa == "" {
-			return usage("-kid needs -akv and -maa: the key's vault, and the MAA whose token its policy is checked against")
+		f.key = k
+		if f.akv == "" || f.maa == "" {
+			return errors.New("-kid needs -akv and -maa: the key's vault, and the MAA whose token its policy is checked against")
 		}
 	}
-	if fl.release && fl.kid == "" {
-		return usage("-release needs -kid (and -akv, -maa)")
+	if f.release && f.kid == "" {
+		return errors.New("-release needs -kid (and -akv, -maa)")
 	}
-	if fl.addr != "" {
-		if fl.emulate {
-			return usage("-emulate builds an emulating sidecar in-process; a running one (-addr) was started with its own settings: give one of them")
+	if f.addr != "" {
+		if f.emulate {
+			return errors.New("-emulate builds an emulating sidecar in-process; a running one (-addr) was started with its own settings: give one of them")
 		}
-		base, err := sidecarBase(fl.addr, getenv)
+		base, err := sidecarBase(f.addr, getenv)
 		if err != nil {
-			return usage("%v", err)
+			return err
 		}
-		fl.addr = base
+		f.addr = base
 	}
-	return &fl, 0
+	return nil
 }
 
 // ---- the report ----
