@@ -58,68 +58,87 @@ func reflectionAnswer(req []byte) ([]byte, error) {
 	if err != nil {
 		return nil, newError(kindInvalid, err, "reflection request is not valid protobuf")
 	}
-	str := func(num protowire.Number, name string) (string, error) {
-		s, err := protoString(f, num, name)
-		if err != nil {
-			return "", newError(kindInvalid, err, "reflection request")
-		}
-		return s, nil
-	}
-	host, err := str(reqHost, "host")
+	host, err := reflectionString(f, reqHost, "host")
 	if err != nil {
 		return nil, err
 	}
 	resp := appendProtoString(nil, respValidHost, host)
 	resp = appendProtoMessage(resp, respOriginalRequest, req)
-
-	has := func(num protowire.Number) bool { _, ok := f[num]; return ok }
-	switch {
-	case has(reqListServices):
-		var list []byte
-		for _, file := range keyProviderFiles {
-			list = appendProtoMessage(list, 1, appendProtoString(nil, 1, file.fullName()))
+	if _, ok := f[reqListServices]; ok {
+		return appendServiceList(resp), nil
+	}
+	for _, q := range reflectionQueries {
+		if _, ok := f[q.field]; !ok {
+			continue
 		}
-		return appendProtoMessage(resp, respListServices, list), nil
-	case has(reqFileByFilename):
-		name, err := str(reqFileByFilename, "file_by_filename")
+		arg, err := reflectionString(f, q.field, q.name)
 		if err != nil {
 			return nil, err
 		}
-		for _, file := range keyProviderFiles {
-			if file.name == name {
-				return appendFileDescriptor(resp, file), nil
-			}
-		}
-		return appendReflectionError(resp, "file "+name+" not found"), nil
-	case has(reqFileContainingSymbol):
-		sym, err := str(reqFileContainingSymbol, "file_containing_symbol")
-		if err != nil {
-			return nil, err
-		}
-		for _, file := range keyProviderFiles {
-			if slices.Contains(file.symbols(), sym) {
-				return appendFileDescriptor(resp, file), nil
-			}
-		}
-		return appendReflectionError(resp, "symbol "+sym+" not found"), nil
-	case has(reqAllExtensionNumbers):
-		typ, err := str(reqAllExtensionNumbers, "all_extension_numbers_of_type")
-		if err != nil {
-			return nil, err
-		}
-		for _, file := range keyProviderFiles {
-			for _, m := range file.messages {
-				if file.pkg+"."+m.name == typ {
-					// Known, and like every message here without extensions.
-					return appendProtoMessage(resp, respAllExtensionNumbers, appendProtoString(nil, 1, typ)), nil
-				}
-			}
-		}
-		return appendReflectionError(resp, "type "+typ+" not found"), nil
-	case has(reqFileContainingExtension):
+		return q.answer(resp, arg), nil
+	}
+	if _, ok := f[reqFileContainingExtension]; ok {
 		return appendReflectionError(resp, "no message of this server has extensions"), nil
 	}
 	return nil, newError(kindInvalid, nil, "reflection request asks for nothing: set one of list_services, file_by_filename, file_containing_symbol")
+}
+
+// reflectionString is a string field of a reflection request.
+func reflectionString(f map[protowire.Number][]byte, num protowire.Number, name string) (string, error) {
+	s, err := protoString(f, num, name)
+	if err != nil {
+		return "", newError(kindInvalid, err, "reflection request")
+	}
+	return s, nil
+}
+
+// reflectionQueries are the requests that name one file, symbol or type.
+var reflectionQueries = []struct {
+	field  protowire.Number
+	name   string
+	answer func(resp []byte, arg string) []byte
+}{
+	{reqFileByFilename, "file_by_filename", answerFileByName},
+	{reqFileContainingSymbol, "file_containing_symbol", answerFileContainingSymbol},
+	{reqAllExtensionNumbers, "all_extension_numbers_of_type", answerExtensionNumbers},
+}
+
+func appendServiceList(resp []byte) []byte {
+	var list []byte
+	for _, file := range keyProviderFiles {
+		list = appendProtoMessage(list, 1, appendProtoString(nil, 1, file.fullName()))
+	}
+	return appendProtoMessage(resp, respListServices, list)
+}
+
+func answerFileByName(resp []byte, name string) []byte {
+	for _, file := range keyProviderFiles {
+		if file.name == name {
+			return appendFileDescriptor(resp, file)
+		}
+	}
+	return appendReflectionError(resp, "file "+name+" not found")
+}
+
+func answerFileContainingSymbol(resp []byte, sym string) []byte {
+	for _, file := range keyProviderFiles {
+		if slices.Contains(file.symbols(), sym) {
+			return appendFileDescriptor(resp, file)
+		}
+	}
+	return appendReflectionError(resp, "symbol "+sym+" not found")
+}
+
+func answerExtensionNumbers(resp []byte, typ string) []byte {
+	for _, file := range keyProviderFiles {
+		for _, m := range file.messages {
+			if file.pkg+"."+m.name == typ {
+				// Known, and like every message here without extensions.
+				return appendProtoMessage(resp, respAllExtensionNumbers, appendProtoString(nil, 1, typ))
+			}
+		}
+	}
+	return appendReflectionError(resp, "type "+typ+" not found")
 }
 
 func appendFileDescriptor(resp []byte, f protoFile) []byte {
