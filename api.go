@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -153,7 +155,7 @@ func (s *server) routes() http.Handler {
 		mux.HandleFunc(method+" "+path, h)
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", method)
-			writeError(w, newError(kindBadMethod, nil, "method %s is not allowed on %s: use %s", r.Method, path, method))
+			writeError(w, newError(kindBadMethod, nil, "method %s is not allowed on %s: use %s", bounded(r.Method), path, method))
 		})
 	}
 	handle("GET", "/status", s.handleStatus)
@@ -162,9 +164,52 @@ func (s *server) routes() http.Handler {
 	handle("POST", "/attest/maa", s.handleAttestMAA)
 	handle("POST", "/key/release", s.handleKeyRelease)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
+		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", bounded(r.URL.Path)))
 	})
-	return s.logRequests(mux)
+	return s.logRequests(refuseBrowsers(mux))
+}
+
+// refuseBrowsers keeps web pages away from the API. A page the workload's
+// user opens can send requests to localhost, and a DNS name rebound to
+// 127.0.0.1 makes them same-origin; but a browser always names the page's
+// origin in Origin and the name it resolved in Host, while the clients of
+// the sidecar (curl, the test clients, Microsoft's) send no Origin and call
+// it by a loopback name or address. A Unix socket is out of a browser's
+// reach, so only its Origin is checked.
+func refuseBrowsers(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Header["Origin"]; ok {
+			writeError(w, newError(kindDenied, nil, "requests with an Origin header are refused: the sidecar serves local programs, not web pages"))
+			return
+		}
+		if !overUnixSocket(r) && !isLoopbackHost(r.Host) {
+			writeError(w, newError(kindDenied, nil, "Host %q is refused: call the sidecar as localhost, 127.0.0.1 or [::1]", bounded(r.Host)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// isLoopbackHost reports whether a Host header names this machine:
+// localhost or a loopback address, with or without a port.
+func isLoopbackHost(hostport string) bool {
+	h := hostport
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		h = host
+	} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// overUnixSocket reports whether r came in on a Unix socket.
+func overUnixSocket(r *http.Request) bool {
+	addr, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return addr != nil && addr.Network() == "unix"
 }
 
 // logRequests logs each request's method, path, status and duration; never
@@ -180,7 +225,7 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 		} else if rec.status >= 400 {
 			level = slog.LevelWarn
 		}
-		s.log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+		s.log.Log(r.Context(), level, "request", "method", bounded(r.Method), "path", bounded(r.URL.Path), "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
 	})
 }
 

@@ -86,10 +86,10 @@ func parseKeyRef(kid string) (keyRef, error) {
 	}
 	name, ver, hasVer := strings.Cut(kid, "/")
 	if !keyNamePattern.MatchString(name) {
-		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", truncate(kid, 200))
+		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", bounded(kid))
 	}
 	if hasVer && !keyVersionPattern.MatchString(ver) {
-		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": version %q is not 32 hex digits", truncate(ver, 100))
+		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": version %q is not 32 hex digits", bounded(ver))
 	}
 	return keyRef{Name: name, Version: ver}, nil
 }
