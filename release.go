@@ -38,6 +38,8 @@ type keyReleaseParams struct {
 	VaultHost   string
 	Key         keyRef
 	AccessToken string
+
+	SignedBy string // set by releaseKey: whose certificate signed the answer, for the log
 }
 
 // keyVersionPattern is a Key Vault key version; names follow
@@ -118,7 +120,7 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 				s.log.Warn("key release failed", append(attrs, "step", step, "duration", elapsed, "err", err)...)
 				return
 			}
-			s.log.Info("key released", append(attrs, "duration", elapsed)...)
+			s.log.Info("key released", append(attrs, "signed_by", p.SignedBy, "duration", elapsed)...)
 		},
 	})
 }
@@ -134,7 +136,7 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	if err != nil {
 		return "", "token", err
 	}
-	cred, reused, err := s.rel.credential(ctx, p.MAAHost)
+	cred, reused, err := s.releaseCredential(ctx, p)
 	if err != nil {
 		return "", "MAA", err
 	}
@@ -152,10 +154,11 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	}
 	s.log.Log(ctx, levelTrace, "Key Vault answered", "kid", p.Key.String(), "akv_endpoint", p.VaultHost, "duration", time.Since(start).Round(time.Microsecond))
 
-	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.upstreamRoots(), time.Now())
+	payload, signer, err := verifyReleaseJWS(jws, p.VaultHost, s.upstreamRoots(), time.Now())
 	if err != nil {
 		return "", "verify", newError(kindDenied, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
 	}
+	p.SignedBy = certName(signer)
 	env, err := parseReleasePayload(payload)
 	if err != nil {
 		return "", "verify", newError(kindUpstream, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
@@ -168,6 +171,19 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 		return "", "unwrap", newError(kindUpstream, err, "unwrap: key %q released by %s could not be unwrapped", p.Key.String(), p.VaultHost)
 	}
 	return out, "", nil
+}
+
+// releaseCredential is the wrapping key and MAA token to release with. One
+// is shared by the releases from Key Vault and Managed HSM hosts; any other
+// host gets a fresh one that serves this release only, so that a rogue
+// "vault" never holds a token that a real vault would honour for another
+// release.
+func (s *server) releaseCredential(ctx context.Context, p *keyReleaseParams) (cred *releaseCredential, reused bool, err error) {
+	if !s.tokens.isVaultHost(p.VaultHost) {
+		cred, err = s.rel.fresh(ctx, p.MAAHost)
+		return cred, false, err
+	}
+	return s.rel.credential(ctx, p.MAAHost)
 }
 
 // attestForRelease is the releaser's attestFunc: evidence over a wrapping
