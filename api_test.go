@@ -134,3 +134,48 @@ func TestIsLoopbackHost(t *testing.T) {
 		}
 	}
 }
+
+// Whatever a caller sends, its echo in an error answer and in the log
+// (at trace level) stays small: endpoints within the DNS limits, anything
+// else cut with an ellipsis.
+func TestCallerInputIsBoundedInLogsAndErrors(t *testing.T) {
+	t.Parallel()
+	base, logs := startTestServer(t, serverConfig{}, serverOptions{TEE: newTestEmulator(t, nil)})
+	huge := strings.Repeat("a", 500_000)
+	hugeHost := strings.Repeat("abcdefghij.", 45_000) + "example"
+	for _, tc := range []struct {
+		name, method, path, body string
+	}{
+		{"release: huge maa_endpoint", "POST", "/key/release", `{"maa_endpoint":"` + hugeHost + `","akv_endpoint":"v.vault.azure.net","kid":"k","access_token":"t"}`},
+		{"release: huge akv_endpoint", "POST", "/key/release", `{"maa_endpoint":"m.example","akv_endpoint":"https://` + huge + `","kid":"k"}`},
+		{"release: huge kid", "POST", "/key/release", `{"maa_endpoint":"m.example","akv_endpoint":"v.vault.azure.net","kid":"` + huge + `"}`},
+		{"release: huge port", "POST", "/key/release", `{"maa_endpoint":"m.example:` + strings.Repeat("9", 400_000) + `","akv_endpoint":"v.vault.azure.net","kid":"k"}`},
+		{"maa: huge maa_endpoint", "POST", "/attest/maa", `{"maa_endpoint":"` + hugeHost + `","runtime_data":"aGVsbG8="}`},
+		{"maa: huge scheme", "POST", "/attest/maa", `{"maa_endpoint":"` + huge + `://m.example","runtime_data":"aGVsbG8="}`},
+		{"unknown path", "GET", "/" + strings.Repeat("p", 60_000), ""},
+		{"wrong method", strings.Repeat("M", 30_000), "/status", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(logs.String())
+			req, err := http.NewRequest(tc.method, base+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			answer, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode < 400 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if len(answer) > 1024 {
+				t.Errorf("the error answer is %d bytes: %.300s", len(answer), answer)
+			}
+			if grew := len(logs.String()) - before; grew > 2048 {
+				t.Errorf("the log grew by %d bytes", grew)
+			}
+		})
+	}
+}
