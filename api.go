@@ -38,6 +38,10 @@ func statusFor(err error) int {
 	return http.StatusInternalServerError
 }
 
+// errShuttingDown answers the requests still running when the shutdown
+// grace is over.
+var errShuttingDown = newError(kindUnavailable, nil, "shutting down")
+
 // writeJSON writes v with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
@@ -79,9 +83,13 @@ func serveJSON[Req any](s *server, w http.ResponseWriter, r *http.Request, e jso
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
+	defer context.AfterFunc(s.stopping, cancel)()
 	start := time.Now()
 	resp, step, err := e.call(ctx, req)
 	e.logOutcome(req, step, time.Since(start).Round(time.Microsecond), err)
+	if err != nil && s.stopping.Err() != nil {
+		err = errShuttingDown
+	}
 	if err != nil {
 		writeError(w, err)
 		return

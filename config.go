@@ -64,6 +64,7 @@ type serverConfig struct {
 	LogFile        string
 	Emulate        bool
 	WrappingKeyTTL time.Duration
+	ShutdownGrace  time.Duration // how long requests in flight may run on after a signal
 }
 
 // serveFlags holds the settings of `skr serve` as given, before they are
@@ -75,6 +76,7 @@ type serveFlags struct {
 	logFile  string
 	emulate  bool
 	ttl      time.Duration
+	grace    time.Duration
 }
 
 // noPositional marks a setting that skr.sh never passes as a positional
@@ -103,6 +105,24 @@ var serveSettings = []serveSetting{
 	setting[time.Duration]{flag: "wrapping-key-ttl", env: "SKR_WRAPPING_KEY_TTL", pos: noPositional, def: 5 * time.Minute,
 		usage: "how long a wrapping key and its MAA token serve further releases; 0 = fresh per release (env SKR_WRAPPING_KEY_TTL)",
 		field: func(f *serveFlags) *time.Duration { return &f.ttl }, parse: parseTTLSetting},
+	setting[time.Duration]{flag: "shutdown-grace", env: "SKR_SHUTDOWN_GRACE", pos: noPositional, def: defaultShutdownGrace,
+		usage: "on SIGTERM or SIGINT, how long requests in flight may finish before they are answered 503; a second signal stops at once (env SKR_SHUTDOWN_GRACE)",
+		field: func(f *serveFlags) *time.Duration { return &f.grace }, parse: durationSetting("SKR_SHUTDOWN_GRACE")},
+}
+
+// defaultShutdownGrace leaves a release that needs a fresh attestation
+// time to finish, well within Kubernetes' default 30 s before SIGKILL.
+const defaultShutdownGrace = 10 * time.Second
+
+// durationSetting reads a duration from the environment variable env.
+func durationSetting(env string) func(string) (time.Duration, error) {
+	return func(v string) (time.Duration, error) {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, fmt.Errorf("%s=%q is not a duration such as 10s: %w", env, v, err)
+		}
+		return d, nil
+	}
 }
 
 func parseVerbatim(v string) (string, error) { return v, nil }
@@ -235,6 +255,9 @@ func (f *serveFlags) check() (*serverConfig, error) {
 	if f.ttl < 0 {
 		return nil, fmt.Errorf("wrapping-key-ttl %v is negative", f.ttl)
 	}
+	if f.grace < 0 {
+		return nil, fmt.Errorf("shutdown-grace %v is negative", f.grace)
+	}
 	lvl, err := parseLogLevel(f.logLevel)
 	if err != nil {
 		return nil, err
@@ -243,5 +266,5 @@ func (f *serveFlags) check() (*serverConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl}, nil
+	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl, ShutdownGrace: f.grace}, nil
 }

@@ -35,6 +35,11 @@ type serverOptions struct {
 	Retry        *retryPolicy
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
+
+	// Signals are SIGTERM and SIGINT: the first starts the drain (as the
+	// end of serve's ctx does), a second one during it stops at once.
+	// The clock above times the drain.
+	Signals <-chan os.Signal
 }
 
 // server holds everything the handlers share.
@@ -54,6 +59,12 @@ type server struct {
 	client *http.Client // for every upstream service
 	tokens *tokenProvider
 	rel    *releaser
+	clock  clock
+
+	// stopping ends when the shutdown grace is over: requests still
+	// running then are answered 503 "shutting down".
+	stopping     context.Context
+	stopRequests context.CancelFunc
 
 	deviceMu sync.Mutex // serializes guest device commands
 }
@@ -72,6 +83,11 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	if s.cfg.Args == nil {
 		s.cfg.Args = &SkrSideCarArgs{}
 	}
+	s.clock = opts.Clock
+	if s.clock == nil {
+		s.clock = systemClock{}
+	}
+	s.stopping, s.stopRequests = context.WithCancel(context.Background())
 	root := opts.SecurityContextRoot
 	if root == "" {
 		root = "/"
@@ -155,8 +171,9 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// shutdownGrace bounds how long requests in flight may take after a signal.
-const shutdownGrace = 5 * time.Second
+// answerBound is how long requests cut at the end of the grace have to
+// send their 503 before their connections are closed.
+const answerBound = 2 * time.Second
 
 func runServe(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseServeFlags(args, os.Getenv, stderr)
@@ -178,9 +195,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		logOut = f
 	}
 	log := newLogger(logOut, cfg.LogLevel)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := serve(ctx, *cfg, log, serverOptions{}, nil); err != nil {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	if err := serve(context.Background(), *cfg, log, serverOptions{Signals: sigs}, nil); err != nil {
 		log.Error("sidecar stopped", "err", err)
 		fmt.Fprintf(stderr, "skr: %v\n", err)
 		return 1
@@ -188,8 +206,8 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve runs the sidecar until ctx ends, then drains requests in flight.
-// ready, when not nil, receives the listening address.
+// serve runs the sidecar until ctx ends or a signal comes, then drains
+// requests in flight. ready, when not nil, receives the listening address.
 func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverOptions, ready chan<- string) error {
 	s, err := newServer(cfg, log, opts)
 	if err != nil {
@@ -212,15 +230,49 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
+	case sig := <-opts.Signals:
+		log.Info("signal received", "signal", sig.String())
 	}
-	log.Info("shutting down: draining requests in flight", "grace", shutdownGrace)
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("requests still in flight at shutdown were cut", "err", err)
-	}
+	s.drain(srv, opts.Signals)
 	s.rel.Close()
 	return nil
+}
+
+// drain stops taking connections and gives the requests in flight the
+// shutdown grace. Those still running at its end are answered 503
+// "shutting down", then their connections closed. A second signal ends
+// the drain at once.
+func (s *server) drain(srv *http.Server, signals <-chan os.Signal) {
+	grace := s.cfg.ShutdownGrace
+	s.log.Info("shutting down: draining requests in flight", "grace", grace)
+	graceOver := make(chan struct{})
+	stopTimer := s.clock.AfterFunc(grace, func() { close(graceOver) })
+	defer stopTimer()
+	idle := make(chan struct{})
+	go func() {
+		srv.Shutdown(context.Background()) // returns once every connection is idle or closed
+		close(idle)
+	}()
+	select {
+	case <-idle:
+		return
+	case sig := <-signals:
+		s.log.Warn("second signal: stopping at once; requests in flight are cut", "signal", sig.String())
+		srv.Close()
+		return
+	case <-graceOver:
+	}
+	s.log.Warn("shutdown grace over: requests still in flight are answered 503", "grace", grace)
+	s.stopRequests()
+	t := time.NewTimer(answerBound)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return
+	case <-signals:
+	case <-t.C:
+	}
+	srv.Close()
 }
 
 func (s *server) logStart(ls []net.Listener) {
