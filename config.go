@@ -1,12 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +26,9 @@ type SkrSideCarArgs struct {
 	MAAConfig struct {
 		UserAgent string `json:"user_agent"`
 	} `json:"maaconfig"`
+
+	// warnings are mistakes that do not stop the sidecar, said at start.
+	warnings []string
 }
 
 // certCacheConfig says where fresh AMD certificates come from.
@@ -48,12 +55,48 @@ func parseSkrSideCarArgs(b64 string) (*SkrSideCarArgs, error) {
 	if err := json.Unmarshal(raw, args); err != nil {
 		return nil, fmt.Errorf("SkrSideCarArgs is not the expected JSON object: %w", err)
 	}
+	for _, f := range unknownJSONFields(raw, reflect.TypeFor[SkrSideCarArgs](), "") {
+		args.warnings = append(args.warnings, fmt.Sprintf("SkrSideCarArgs has an unknown field %q, which is ignored: check its spelling", f))
+	}
 	switch args.CertCache.EndpointType {
 	case "", "AMD", "AzCache", "LocalTHIM":
 	default:
-		return nil, fmt.Errorf("SkrSideCarArgs: certcache.endpoint_type %q is not one of AMD, AzCache, LocalTHIM", args.CertCache.EndpointType)
+		return nil, fmt.Errorf("SkrSideCarArgs: certcache.endpoint_type %q is not one of AMD, AzCache, LocalTHIM", bounded(args.CertCache.EndpointType))
+	}
+	if tee := strings.TrimSpace(args.CertCache.TEEType); tee != "" && !strings.EqualFold(tee, defaultAzCacheTEE) {
+		if _, ok := parseProductLine(tee); !ok {
+			return nil, fmt.Errorf("SkrSideCarArgs: certcache.tee_type %q is not one of SevSnpVM, Milan, Genoa, Turin", bounded(args.CertCache.TEEType))
+		}
 	}
 	return args, nil
+}
+
+// unknownJSONFields lists, by path (certcache.endpoint_typ), the members of
+// the JSON object raw that the struct type t has no field for, matching
+// names without regard to case as encoding/json does.
+func unknownJSONFields(raw []byte, t reflect.Type, prefix string) []string {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(raw, &obj) != nil {
+		return nil
+	}
+	fields := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.IsExported() && name != "-" {
+			fields[strings.ToLower(cmp.Or(name, f.Name))] = f.Type
+		}
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		ft, ok := fields[strings.ToLower(k)]
+		switch {
+		case !ok:
+			out = append(out, prefix+bounded(k))
+		case ft.Kind() == reflect.Struct:
+			out = append(out, unknownJSONFields(obj[k], ft, prefix+k+".")...)
+		}
+	}
+	return out
 }
 
 // serverConfig is what the command line and environment say.

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,8 +139,7 @@ func (s *server) localPlatformCerts() func(context.Context) (*platformCerts, err
 	}
 	pc, err := parseTHIM(s.inputs.HostAMDCert)
 	if err != nil {
-		// Not fatal: fresh certificates can still be fetched for each report.
-		s.log.Warn("platform certificates in the security context are unusable; will fetch fresh ones", "source", s.inputs.Source, "err", err)
+		s.inputs.Warnings = append(s.inputs.Warnings, corruptPlatformCerts(s.inputs.Source, err))
 		return nil
 	}
 	return func(context.Context) (*platformCerts, error) { return pc, nil }
@@ -292,5 +292,8 @@ func (s *server) logStart(ls []net.Listener) {
 	}
 	if d, ok := s.inputs.PolicyDigest(); ok {
 		s.log.Info("security policy found", "source", s.inputs.Source, "host_data", fmt.Sprintf("%x", d))
+	}
+	for _, w := range append(slices.Clip(s.cfg.Args.warnings), s.inputs.Warnings...) {
+		s.log.Warn("configuration: " + w)
 	}
 }
