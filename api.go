@@ -174,7 +174,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /attest/raw, /attest/combined, /attest/maa, /key/release", bounded(r.URL.Path)))
 	})
-	return s.logRequests(refuseBrowsers(mux))
+	return s.logRequests(refuseBrowsers(permitPeers(s.cfg.SocketUIDs, mux)))
 }
 
 // refuseBrowsers keeps web pages away from the API. A page the workload's

@@ -26,6 +26,7 @@ type SkrSideCarArgs struct {
 	MAAConfig struct {
 		UserAgent string `json:"user_agent"`
 	} `json:"maaconfig"`
+	Allow allowList `json:"allow"` // optional restrictions on what callers may ask for
 
 	// warnings are mistakes that do not stop the sidecar, said at start.
 	warnings []string
@@ -68,6 +69,9 @@ func parseSkrSideCarArgs(b64 string) (*SkrSideCarArgs, error) {
 			return nil, fmt.Errorf("SkrSideCarArgs: certcache.tee_type %q is not one of SevSnpVM, Milan, Genoa, Turin", bounded(args.CertCache.TEEType))
 		}
 	}
+	if err := args.Allow.check(); err != nil {
+		return nil, err
+	}
 	return args, nil
 }
 
@@ -108,6 +112,9 @@ type serverConfig struct {
 	Emulate        bool
 	WrappingKeyTTL time.Duration
 	ShutdownGrace  time.Duration // how long requests in flight may run on after a signal
+	NoTCP          bool          // -port 0: the Unix socket only
+	Socket         string        // path of a Unix socket to listen on too; "" = none
+	SocketUIDs     []uint32      // peers the socket serves; nil = any that may open it
 }
 
 // serveFlags holds the settings of `skr serve` as given, before they are
@@ -120,6 +127,8 @@ type serveFlags struct {
 	emulate  bool
 	ttl      time.Duration
 	grace    time.Duration
+	socket   string
+	uids     string
 }
 
 // noPositional marks a setting that skr.sh never passes as a positional
@@ -134,7 +143,7 @@ var serveSettings = []serveSetting{
 		usage: "SkrSideCarArgs: base64 (standard) JSON (env SkrSideCarArgs)",
 		field: func(f *serveFlags) *string { return &f.base64 }, parse: parseVerbatim},
 	setting[int]{flag: "port", env: "Port", pos: 1, def: 8080,
-		usage: "TCP port on loopback (env Port)",
+		usage: "TCP port on loopback; 0 = no TCP, the -socket only (env Port)",
 		field: func(f *serveFlags) *int { return &f.port }, parse: parsePortSetting},
 	setting[string]{flag: "loglevel", env: "LogLevel", pos: noPositional, def: "warning",
 		usage: "trace, debug, info, warning, error, fatal or panic (env LogLevel)",
@@ -151,6 +160,12 @@ var serveSettings = []serveSetting{
 	setting[time.Duration]{flag: "shutdown-grace", env: "SKR_SHUTDOWN_GRACE", pos: noPositional, def: defaultShutdownGrace,
 		usage: "on SIGTERM or SIGINT, how long requests in flight may finish before they are answered 503; a second signal stops at once (env SKR_SHUTDOWN_GRACE)",
 		field: func(f *serveFlags) *time.Duration { return &f.grace }, parse: durationSetting("SKR_SHUTDOWN_GRACE")},
+	setting[string]{flag: "socket", env: "SKR_SOCKET", pos: noPositional, def: "",
+		usage: "also listen on a Unix socket at this path, mode 0660, e.g. in a volume shared with one container (env SKR_SOCKET)",
+		field: func(f *serveFlags) *string { return &f.socket }, parse: parseVerbatim},
+	setting[string]{flag: "socket-uids", env: "SKR_SOCKET_UIDS", pos: noPositional, def: "",
+		usage: "comma-separated user ids the -socket serves, checked by peer credentials; empty = any that may open it (env SKR_SOCKET_UIDS)",
+		field: func(f *serveFlags) *string { return &f.uids }, parse: parseVerbatim},
 }
 
 // defaultShutdownGrace leaves a release that needs a fresh attestation
@@ -309,5 +324,32 @@ func (f *serveFlags) check() (*serverConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl, ShutdownGrace: f.grace}, nil
+	cfg := &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl, ShutdownGrace: f.grace,
+		NoTCP: f.port == 0, Socket: strings.TrimSpace(f.socket)}
+	if cfg.NoTCP && cfg.Socket == "" {
+		return nil, fmt.Errorf("port 0 turns TCP off, and there is no -socket to listen on instead")
+	}
+	if cfg.SocketUIDs, err = parseUIDs(f.uids); err != nil {
+		return nil, err
+	}
+	if cfg.SocketUIDs != nil && cfg.Socket == "" {
+		return nil, fmt.Errorf("-socket-uids %s without -socket: there is no socket to restrict", f.uids)
+	}
+	return cfg, nil
+}
+
+// parseUIDs reads a comma-separated list of numeric user ids.
+func parseUIDs(s string) ([]uint32, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var uids []uint32
+	for _, field := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(field), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("socket-uids: %q is not a numeric user id", bounded(field))
+		}
+		uids = append(uids, uint32(n))
+	}
+	return uids, nil
 }

@@ -128,6 +128,9 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 // releaseKey does one release and returns the key as a JWK JSON string, or
 // the step that failed.
 func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step string, err error) {
+	if err := s.cfg.Args.Allow.permitRelease(p); err != nil {
+		return "", "allow", err
+	}
 	// Before any token is fetched: without evidence there is no release.
 	if err := s.requireTEE(); err != nil {
 		return "", "evidence", err

@@ -45,6 +45,9 @@ type releaseEnvOpts struct {
 	args    *SkrSideCarArgs
 	clock   clock                        // of the wrapping keys' reuse; nil = the system clock
 	newKey  func() (*wrappingKey, error) // nil = newWrappingKey
+	// allow, when set, gives SkrSideCarArgs' allow lists, which may name
+	// the stand-ins.
+	allow func(e *releaseEnv) allowList
 }
 
 // releaseRetry keeps the production retry decisions, without their delays.
@@ -133,6 +136,12 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 		env[k] = v
 	}
 	cfg := serverConfig{WrappingKeyTTL: o.ttl, Args: o.args}
+	if o.allow != nil {
+		cfg.Args = &SkrSideCarArgs{Allow: o.allow(e)}
+		if err := cfg.Args.Allow.check(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	opts := serverOptions{
 		TEE:            tee,
 		Roots:          getStandInPKI().roots(),

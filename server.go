@@ -159,6 +159,30 @@ func listenLoopback(port int) ([]net.Listener, error) {
 	return ls, nil
 }
 
+// listen opens the listeners cfg asks for: loopback TCP unless it is
+// turned off, and the Unix socket when there is one.
+func listen(cfg serverConfig) ([]net.Listener, error) {
+	var ls []net.Listener
+	if !cfg.NoTCP {
+		tcp, err := listenLoopback(cfg.Port)
+		if err != nil {
+			return nil, err
+		}
+		ls = tcp
+	}
+	if cfg.Socket != "" {
+		l, err := listenUnix(cfg.Socket)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
 func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
@@ -213,12 +237,13 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 	if err != nil {
 		return err
 	}
-	ls, err := listenLoopback(cfg.Port)
+	ls, err := listen(cfg)
 	if err != nil {
 		return err
 	}
 	s.logStart(ls)
 	srv := newHTTPServer(s.routes(), log)
+	srv.ConnContext = withPeer
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()

@@ -80,6 +80,19 @@ func TestParseServeFlags(t *testing.T) {
 		}},
 		{name: "bad shutdown grace", env: map[string]string{"SKR_SHUTDOWN_GRACE": "soon"}, err: "SKR_SHUTDOWN_GRACE"},
 		{name: "negative shutdown grace", argv: []string{"-shutdown-grace", "-1s"}, err: "negative"},
+		{name: "socket beside TCP", argv: []string{"-socket", "/run/skr/skr.sock", "-socket-uids", "1000, 1001"}, check: func(t *testing.T, c *serverConfig) {
+			if c.NoTCP || c.Socket != "/run/skr/skr.sock" || len(c.SocketUIDs) != 2 || c.SocketUIDs[1] != 1001 {
+				t.Errorf("socket: %+v", c)
+			}
+		}},
+		{name: "socket only", argv: []string{"-port", "0"}, env: map[string]string{"SKR_SOCKET": "/s", "SKR_SOCKET_UIDS": "0"}, check: func(t *testing.T, c *serverConfig) {
+			if !c.NoTCP || c.Socket != "/s" || len(c.SocketUIDs) != 1 || c.SocketUIDs[0] != 0 {
+				t.Errorf("socket only: %+v", c)
+			}
+		}},
+		{name: "port 0 without socket", argv: []string{"-port", "0"}, err: "no -socket"},
+		{name: "uids without socket", argv: []string{"-socket-uids", "1000"}, err: "without -socket"},
+		{name: "bad uid", argv: []string{"-socket", "/s", "-socket-uids", "root"}, err: "numeric user id"},
 		{name: "unknown flag", argv: []string{"-bogus"}, err: "not defined"},
 		{name: "too many arguments", argv: []string{"a", "1", "x"}, err: "too many"},
 	}
