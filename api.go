@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -43,6 +45,10 @@ func statusFor(err error) int {
 	}
 	return http.StatusInternalServerError
 }
+
+// errShuttingDown answers the requests still running when the shutdown
+// grace is over.
+var errShuttingDown = newError(kindUnavailable, nil, "shutting down")
 
 // writeJSON writes v with the given status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -86,9 +92,13 @@ func serveJSON[Req any](s *server, w http.ResponseWriter, r *http.Request, e jso
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
+	defer context.AfterFunc(s.stopping, cancel)()
 	start := time.Now()
 	resp, step, err := e.call(ctx, req)
 	e.logOutcome(s.log.With(correlationFrom(ctx).logAttrs()...), req, step, time.Since(start).Round(time.Microsecond), err)
+	if err != nil && s.stopping.Err() != nil {
+		err = errShuttingDown
+	}
 	if err != nil {
 		writeError(w, err)
 		return
@@ -167,7 +177,7 @@ func (s *server) routes() http.Handler {
 		})
 		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", method)
-			writeError(w, newError(kindBadMethod, nil, "method %s is not allowed on %s: use %s", r.Method, path, method))
+			writeError(w, newError(kindBadMethod, nil, "method %s is not allowed on %s: use %s", bounded(r.Method), path, method))
 		})
 	}
 	handle("GET", "/status", s.handleStatus)
@@ -179,9 +189,59 @@ func (s *server) routes() http.Handler {
 	handle("POST", "/attest/maa", s.handleAttestMAA)
 	handle("POST", "/key/release", s.handleKeyRelease)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /livez, /readyz, /metrics, /attest/raw, /attest/combined, /attest/maa, /key/release", r.URL.Path))
+		writeError(w, newError(kindNoRoute, nil, "no endpoint %s: see /status, /livez, /readyz, /metrics, /attest/raw, /attest/combined, /attest/maa, /key/release", bounded(r.URL.Path)))
 	})
-	return s.logRequests(mux)
+	return s.logRequests(refuseBrowsers(permitPeers(s.cfg.SocketUIDs, mux)))
+}
+
+// refuseBrowsers keeps web pages away from the API. A page the workload's
+// user opens can send requests to localhost, and a DNS name rebound to
+// 127.0.0.1 makes them same-origin; but a browser always names the page's
+// origin in Origin and the name it resolved in Host, while the clients of
+// the sidecar (curl, the test clients, Microsoft's) send no Origin and call
+// it by a loopback name or address. A Unix socket is out of a browser's
+// reach, so only its Origin is checked.
+func refuseBrowsers(next http.Handler) http.Handler {
+	return refuseOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !overUnixSocket(r) && !isLoopbackHost(r.Host) {
+			writeError(w, newError(kindDenied, nil, "Host %q is refused: call the sidecar as localhost, 127.0.0.1 or [::1]", bounded(r.Host)))
+			return
+		}
+		next.ServeHTTP(w, r)
+	}))
+}
+
+// refuseOrigin refuses every request that names a web page's origin.
+func refuseOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Header["Origin"]; ok {
+			writeError(w, newError(kindDenied, nil, "requests with an Origin header are refused: the sidecar serves local programs, not web pages"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// isLoopbackHost reports whether a Host header names this machine:
+// localhost or a loopback address, with or without a port.
+func isLoopbackHost(hostport string) bool {
+	h := hostport
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		h = host
+	} else if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+		h = h[1 : len(h)-1]
+	}
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// overUnixSocket reports whether r came in on a Unix socket.
+func overUnixSocket(r *http.Request) bool {
+	addr, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return addr != nil && addr.Network() == "unix"
 }
 
 // logRequests logs each request's id, method, path, status and duration,
@@ -201,7 +261,7 @@ func (s *server) logRequests(next http.Handler) http.Handler {
 		if c != nil {
 			s.metrics.request(c.route, rec.status)
 		}
-		attrs := append(c.logAttrs(), "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+		attrs := append(c.logAttrs(), "method", bounded(r.Method), "path", bounded(r.URL.Path), "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
 		s.log.Log(r.Context(), level, "request", attrs...)
 	})
 }

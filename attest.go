@@ -173,6 +173,9 @@ func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
 	serveJSON(s, w, r, jsonEndpoint[maaAttestParams]{
 		decode: s.decodeMAAAttestRequest,
 		call: func(ctx context.Context, p maaAttestParams) (any, string, error) {
+			if err := s.cfg.Args.Allow.permitMAA(p.Host); err != nil {
+				return nil, "allow", err
+			}
 			ev, err := s.evidence(ctx, p.RuntimeData)
 			if err != nil {
 				return nil, "evidence", err

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"cmp"
 	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +26,10 @@ type SkrSideCarArgs struct {
 	MAAConfig struct {
 		UserAgent string `json:"user_agent"`
 	} `json:"maaconfig"`
+	Allow allowList `json:"allow"` // optional restrictions on what callers may ask for
+
+	// warnings are mistakes that do not stop the sidecar, said at start.
+	warnings []string
 }
 
 // certCacheConfig says where fresh AMD certificates come from.
@@ -48,12 +56,51 @@ func parseSkrSideCarArgs(b64 string) (*SkrSideCarArgs, error) {
 	if err := json.Unmarshal(raw, args); err != nil {
 		return nil, fmt.Errorf("SkrSideCarArgs is not the expected JSON object: %w", err)
 	}
+	for _, f := range unknownJSONFields(raw, reflect.TypeFor[SkrSideCarArgs](), "") {
+		args.warnings = append(args.warnings, fmt.Sprintf("SkrSideCarArgs has an unknown field %q, which is ignored: check its spelling", f))
+	}
 	switch args.CertCache.EndpointType {
 	case "", "AMD", "AzCache", "LocalTHIM":
 	default:
-		return nil, fmt.Errorf("SkrSideCarArgs: certcache.endpoint_type %q is not one of AMD, AzCache, LocalTHIM", args.CertCache.EndpointType)
+		return nil, fmt.Errorf("SkrSideCarArgs: certcache.endpoint_type %q is not one of AMD, AzCache, LocalTHIM", bounded(args.CertCache.EndpointType))
+	}
+	if tee := strings.TrimSpace(args.CertCache.TEEType); tee != "" && !strings.EqualFold(tee, defaultAzCacheTEE) {
+		if _, ok := parseProductLine(tee); !ok {
+			return nil, fmt.Errorf("SkrSideCarArgs: certcache.tee_type %q is not one of SevSnpVM, Milan, Genoa, Turin", bounded(args.CertCache.TEEType))
+		}
+	}
+	if err := args.Allow.check(); err != nil {
+		return nil, err
 	}
 	return args, nil
+}
+
+// unknownJSONFields lists, by path (certcache.endpoint_typ), the members of
+// the JSON object raw that the struct type t has no field for, matching
+// names without regard to case as encoding/json does.
+func unknownJSONFields(raw []byte, t reflect.Type, prefix string) []string {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(raw, &obj) != nil {
+		return nil
+	}
+	fields := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.IsExported() && name != "-" {
+			fields[strings.ToLower(cmp.Or(name, f.Name))] = f.Type
+		}
+	}
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		ft, ok := fields[strings.ToLower(k)]
+		switch {
+		case !ok:
+			out = append(out, prefix+bounded(k))
+		case ft.Kind() == reflect.Struct:
+			out = append(out, unknownJSONFields(obj[k], ft, prefix+k+".")...)
+		}
+	}
+	return out
 }
 
 // serverConfig is what the command line and environment say.
@@ -68,6 +115,10 @@ type serverConfig struct {
 	// AllowTestingMismatchedTCB treats the container's platform
 	// certificates as never matching a report, so fresh ones are fetched.
 	AllowTestingMismatchedTCB bool
+	ShutdownGrace             time.Duration // how long requests in flight may run on after a signal
+	NoTCP                     bool          // -port 0: the Unix socket only
+	Socket                    string        // path of a Unix socket to listen on too; "" = none
+	SocketUIDs                []uint32      // peers the socket serves; nil = any that may open it
 }
 
 // serveFlags holds the settings of `skr serve` as given, before they are
@@ -82,6 +133,10 @@ type serveFlags struct {
 
 	serverType    string
 	mismatchedTCB bool
+
+	grace  time.Duration
+	socket string
+	uids   string
 }
 
 // noPositional marks a setting that skr.sh never passes as a positional
@@ -96,7 +151,7 @@ var serveSettings = []serveSetting{
 		usage: "SkrSideCarArgs: base64 (standard) JSON (env SkrSideCarArgs)",
 		field: func(f *serveFlags) *string { return &f.base64 }, parse: parseVerbatim},
 	setting[int]{flag: "port", env: "Port", pos: 1, def: 8080,
-		usage: "TCP port on loopback (env Port)",
+		usage: "TCP port on loopback; 0 = no TCP, the -socket only (env Port)",
 		field: func(f *serveFlags) *int { return &f.port }, parse: parsePortSetting},
 	setting[string]{flag: "loglevel", env: "LogLevel", pos: noPositional, def: "warning",
 		usage: "trace, debug, info, warning, error, fatal or panic (env LogLevel)",
@@ -117,6 +172,30 @@ var serveSettings = []serveSetting{
 	setting[bool]{flag: "allowTestingMismatchedTCB", env: "", pos: noPositional, def: false,
 		usage: "TESTING ONLY: treat the container's platform certificates as not matching, so fresh ones are fetched for every report",
 		field: func(f *serveFlags) *bool { return &f.mismatchedTCB }, parse: strconv.ParseBool},
+	setting[time.Duration]{flag: "shutdown-grace", env: "SKR_SHUTDOWN_GRACE", pos: noPositional, def: defaultShutdownGrace,
+		usage: "on SIGTERM or SIGINT, how long requests in flight may finish before they are answered 503; a second signal stops at once (env SKR_SHUTDOWN_GRACE)",
+		field: func(f *serveFlags) *time.Duration { return &f.grace }, parse: durationSetting("SKR_SHUTDOWN_GRACE")},
+	setting[string]{flag: "socket", env: "SKR_SOCKET", pos: noPositional, def: "",
+		usage: "also listen on a Unix socket at this path, mode 0660, e.g. in a volume shared with one container (env SKR_SOCKET)",
+		field: func(f *serveFlags) *string { return &f.socket }, parse: parseVerbatim},
+	setting[string]{flag: "socket-uids", env: "SKR_SOCKET_UIDS", pos: noPositional, def: "",
+		usage: "comma-separated user ids the -socket serves, checked by peer credentials; empty = any that may open it (env SKR_SOCKET_UIDS)",
+		field: func(f *serveFlags) *string { return &f.uids }, parse: parseVerbatim},
+}
+
+// defaultShutdownGrace leaves a release that needs a fresh attestation
+// time to finish, well within Kubernetes' default 30 s before SIGKILL.
+const defaultShutdownGrace = 10 * time.Second
+
+// durationSetting reads a duration from the environment variable env.
+func durationSetting(env string) func(string) (time.Duration, error) {
+	return func(v string) (time.Duration, error) {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, fmt.Errorf("%s=%q is not a duration such as 10s: %w", env, v, err)
+		}
+		return d, nil
+	}
 }
 
 func parseVerbatim(v string) (string, error) { return v, nil }
@@ -252,6 +331,9 @@ func (f *serveFlags) check() (*serverConfig, error) {
 	if f.ttl < 0 {
 		return nil, fmt.Errorf("wrapping-key-ttl %v is negative", f.ttl)
 	}
+	if f.grace < 0 {
+		return nil, fmt.Errorf("shutdown-grace %v is negative", f.grace)
+	}
 	lvl, err := parseLogLevel(f.logLevel)
 	if err != nil {
 		return nil, err
@@ -264,6 +346,33 @@ func (f *serveFlags) check() (*serverConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl,
-		ServerType: st, AllowTestingMismatchedTCB: f.mismatchedTCB}, nil
+	cfg := &serverConfig{Args: skrArgs, Port: f.port, LogLevel: lvl, LogFile: f.logFile, Emulate: f.emulate, WrappingKeyTTL: f.ttl, ShutdownGrace: f.grace,
+		ServerType: st, AllowTestingMismatchedTCB: f.mismatchedTCB,
+		NoTCP: f.port == 0, Socket: strings.TrimSpace(f.socket)}
+	if cfg.NoTCP && cfg.Socket == "" {
+		return nil, fmt.Errorf("port 0 turns TCP off, and there is no -socket to listen on instead")
+	}
+	if cfg.SocketUIDs, err = parseUIDs(f.uids); err != nil {
+		return nil, err
+	}
+	if cfg.SocketUIDs != nil && cfg.Socket == "" {
+		return nil, fmt.Errorf("-socket-uids %s without -socket: there is no socket to restrict", f.uids)
+	}
+	return cfg, nil
+}
+
+// parseUIDs reads a comma-separated list of numeric user ids.
+func parseUIDs(s string) ([]uint32, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var uids []uint32
+	for _, field := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(field), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("socket-uids: %q is not a numeric user id", bounded(field))
+		}
+		uids = append(uids, uint32(n))
+	}
+	return uids, nil
 }

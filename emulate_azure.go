@@ -444,14 +444,22 @@ func (s *server) routeEmulatedAzure(next http.Handler) http.Handler {
 		if c := correlationFrom(r.Context()); c != nil {
 			c.route = hostName(r.Host) // one of the three reserved names
 		}
-		s.logRequests(h).ServeHTTP(w, r)
+		// The reserved names are loopback names; a browser's request to
+		// them still carries an Origin.
+		s.logRequests(refuseOrigin(h)).ServeHTTP(w, r)
 	})
+}
+
+// servesEmulatedVault reports whether host is an emulated vault this
+// sidecar serves (only with -emulate).
+func (s *server) servesEmulatedVault(host string) bool {
+	return s.azure != nil && isEmulatedVaultName(host)
 }
 
 // emulatedIdentitySource is the identity the sidecar gets its bearer
 // tokens from for the emulated vaults.
 func (s *server) emulatedIdentitySource(vaultHost string) (identitySource, bool) {
-	if s.azure == nil || !isEmulatedVaultName(vaultHost) {
+	if !s.servesEmulatedVault(vaultHost) {
 		return identitySource{}, false
 	}
 	return s.azure.identity.source(), true

@@ -378,7 +378,7 @@ func TestEmulatedNamesRefusedWithoutEmulate(t *testing.T) {
 func TestEmulatedNamesUnknownOrWithPort(t *testing.T) {
 	base := startEmulatedAzureServer(t, serverConfig{}, nil)
 	for _, body := range []string{
-		`{"maa_endpoint":"maa.skr.localhost:443","akv_endpoint":"vault.skr.localhost","kid":"demo-oct"}`,
+		`{"maa_endpoint":"maa.skr.localhost:8443","akv_endpoint":"vault.skr.localhost","kid":"demo-oct"}`,
 		`{"maa_endpoint":"maa.skr.localhost","akv_endpoint":"vault.skr.localhost:8443","kid":"demo-oct"}`,
 		`{"maa_endpoint":"attest.skr.localhost","akv_endpoint":"vault.skr.localhost","kid":"demo-oct"}`,
 		`{"maa_endpoint":"maa.skr.localhost","akv_endpoint":"skr.localhost","kid":"demo-oct"}`,
@@ -397,22 +397,22 @@ func TestEmulatedCATrustedOnlyForEmulatedNames(t *testing.T) {
 		t.Fatal("another host gets roots other than the sidecar's")
 	}
 	jws := emulatedReleaseJWS(t, a, emulatedVaultHost, demoOct)
-	if _, err := verifyReleaseJWS(jws, emulatedVaultHost, a.rootsFor(emulatedVaultHost), time.Now()); err != nil {
+	if _, _, err := verifyReleaseJWS(jws, emulatedVaultHost, a.rootsFor(emulatedVaultHost), time.Now()); err != nil {
 		t.Fatalf("the emulated vault's answer does not verify: %v", err)
 	}
 	for name, c := range map[string]struct{ host string }{
 		"another vault name":              {"myvault.vault.azure.net"},
 		"the other emulated vault's name": {emulatedHSMHost},
 	} {
-		if _, err := verifyReleaseJWS(jws, c.host, a.rootsFor(c.host), time.Now()); err == nil {
+		if _, _, err := verifyReleaseJWS(jws, c.host, a.rootsFor(c.host), time.Now()); err == nil {
 			t.Errorf("%s: verified", name)
 		}
 	}
-	if _, err := verifyReleaseJWS(jws, emulatedVaultHost, nil, time.Now()); err == nil {
+	if _, _, err := verifyReleaseJWS(jws, emulatedVaultHost, nil, time.Now()); err == nil {
 		t.Error("the run's CA is among the system roots")
 	}
 	notReady := &emulatedAzure{keys: &emulatedAzureKeys{backgroundWork: &backgroundWork{what: "the emulated Azure services' keys", ready: make(chan struct{})}}}
-	if _, err := verifyReleaseJWS(jws, emulatedVaultHost, notReady.rootsFor(emulatedVaultHost), time.Now()); err == nil {
+	if _, _, err := verifyReleaseJWS(jws, emulatedVaultHost, notReady.rootsFor(emulatedVaultHost), time.Now()); err == nil {
 		t.Error("roots of keys not yet made verify an answer")
 	}
 }
@@ -493,5 +493,29 @@ func TestClientsAgainstEmulatedAzure(t *testing.T) {
 	k, _ = parseJWK([]byte(ans["key"]))
 	if priv, err := k.PrivateKey(); err != nil || !keys.demo.rsa.Equal(priv) {
 		t.Errorf("the shell client's release is not demo-rsa: %v", err)
+	}
+}
+
+// A page in a browser may call the reserved names too (they are loopback
+// names): with an Origin it is refused like any other browser request.
+func TestEmulatedNamesRefuseBrowsers(t *testing.T) {
+	base := startEmulatedAzureServer(t, serverConfig{}, nil)
+	for _, origin := range []string{"", "https://attacker.example"} {
+		req, err := http.NewRequest("GET", base+"/keys/demo-oct?api-version=7.4", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = emulatedVaultHost
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.StatusCode == http.StatusForbidden && origin != ""; got != (origin != "") {
+			t.Errorf("Origin %q: status %d", origin, resp.StatusCode)
+		}
 	}
 }

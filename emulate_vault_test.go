@@ -61,7 +61,7 @@ func unwrapEmulatedRelease(t testing.TB, a *emulatedAzure, host, key string, raw
 	if err := json.Unmarshal(raw, &out); err != nil {
 		t.Fatal(err)
 	}
-	payload, err := verifyReleaseJWS(out.Value, host, a.rootsFor(host), time.Now())
+	payload, _, err := verifyReleaseJWS(out.Value, host, a.rootsFor(host), time.Now())
 	if err != nil {
 		t.Fatalf("the release answer does not verify: %v", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,7 +52,7 @@ func TestBinaryServesGRPCWithoutGRPCGo(t *testing.T) {
 		}
 		var logs syncBuffer
 		cmd := exec.Command(link)
-		cmd.Env = []string{"ServerType=grpc", "Port=0", "SKR_EMULATE=1", "LogLevel=info"}
+		cmd.Env = []string{"ServerType=grpc", fmt.Sprintf("Port=%d", freeLoopbackPort(t)), "SKR_EMULATE=1", "LogLevel=info"}
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

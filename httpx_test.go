@@ -48,7 +48,7 @@ func TestNormalizeEndpoint(t *testing.T) {
 		{"https://myvault.vault.azure.net/", "myvault.vault.azure.net", true},
 		{"MyHSM.managedhsm.azure.net", "myhsm.managedhsm.azure.net", true},
 		{"127.0.0.1:8443", "127.0.0.1:8443", true},
-		{" localhost:443 ", "localhost:443", true},
+		{" localhost:443 ", "localhost", true},
 		{"http://myvault.vault.azure.net", "", false},
 		{"ftp://x", "", false},
 		{"https://user@host", "", false},

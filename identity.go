@@ -380,18 +380,10 @@ var vaultResources = []struct{ suffix, resource string }{
 // not a Key Vault or Managed HSM: the token opens every vault the identity
 // may use, so a mistyped or hostile akv_endpoint must not receive it.
 func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
+	if p.isVaultHost(vaultHost) {
+		return nil
+	}
 	host := hostName(vaultHost)
-	for _, v := range vaultResources {
-		if strings.HasSuffix(host, v.suffix) {
-			return nil
-		}
-	}
-	for _, h := range p.cfg.ExtraVaultHosts {
-		// Exact host and port: a stand-in shares its host with others.
-		if strings.EqualFold(strings.TrimSpace(h), strings.TrimSpace(vaultHost)) {
-			return nil
-		}
-	}
 	suffixes := make([]string, len(vaultResources))
 	for i, v := range vaultResources {
 		suffixes[i] = "*" + v.suffix
@@ -399,6 +391,25 @@ func (p *tokenProvider) mayReceiveToken(vaultHost string) error {
 	return newError(kindInvalid, nil,
 		"%s is not a Key Vault or Managed HSM host (%s): the identity's token is sent only to those; for another host pass your own access_token",
 		host, strings.Join(suffixes, ", "))
+}
+
+// isVaultHost reports whether vaultHost is a Key Vault or Managed HSM host
+// (or one of the hosts the configuration adds): the hosts that may receive
+// the identity's token, and the releases that may share a credential.
+func (p *tokenProvider) isVaultHost(vaultHost string) bool {
+	host := hostName(vaultHost)
+	for _, v := range vaultResources {
+		if strings.HasSuffix(host, v.suffix) {
+			return true
+		}
+	}
+	for _, h := range p.cfg.ExtraVaultHosts {
+		// Exact host and port: a stand-in shares its host with others.
+		if strings.EqualFold(strings.TrimSpace(h), strings.TrimSpace(vaultHost)) {
+			return true
+		}
+	}
+	return false
 }
 
 // vaultResource is the token audience for a vault host: Managed HSM or Key

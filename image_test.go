@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -187,11 +188,9 @@ func runImageChroot(t *testing.T, bin string) {
 		t.Fatalf("securitypolicydigest in the image: %v: %s", err, out)
 	}
 
-	// The sidecar through /skr.sh, with the emulator, on a port the kernel
-	// picks: a port found free beforehand may be taken by the time the
-	// sidecar binds it, when other tests run alongside.
+	// The sidecar through /skr.sh, with the emulator.
 	var logs syncBuffer
-	server := chrootCmd("/skr.sh", "-port", "0", "-emulate", "-loglevel", "info")
+	server := chrootCmd("/skr.sh", "-port", fmt.Sprint(freeLoopbackPort(t)), "-emulate", "-loglevel", "info")
 	server.Stdout, server.Stderr = &logs, &logs
 	if err := server.Start(); err != nil {
 		t.Fatalf("start /skr.sh in the chroot: %v", err)
@@ -247,6 +246,18 @@ func waitForStatus(t *testing.T, url string, logs *syncBuffer) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("the server in the chroot did not answer /status in 30 s; its log:\n%s", logs.String())
+}
+
+// freeLoopbackPort is a TCP port free on 127.0.0.1 a moment ago (-port 0
+// turns TCP off, so the kernel cannot pick one for the sidecar).
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // waitForListenAddr reads the IPv4 address the sidecar listens on from its

@@ -92,7 +92,7 @@ func TestImportKeyEmulatedRefusals(t *testing.T) {
 		"sidecar without -emulate": {[]string{"-c", oct, "-kh", hex32}, portOf(t, plain), "was not started with -emulate"},
 		"-a":                       {[]string{"-c", oct, "-kh", hex32, "-a"}, portOf(t, emulating), "drop -a"},
 		"the MAA is no vault":      {[]string{"-c", emulatedImportConfig(t, "k", ktyOct, emulatedMAAHost), "-kh", hex32}, portOf(t, emulating), "not an emulated vault"},
-		"a port on the name":       {[]string{"-c", emulatedImportConfig(t, "k", ktyOct, emulatedHSMHost+":443"), "-kh", hex32}, portOf(t, emulating), "no port"},
+		"a port on the name":       {[]string{"-c", emulatedImportConfig(t, "k", ktyOct, emulatedHSMHost+":8443"), "-kh", hex32}, portOf(t, emulating), "no port"},
 		"Port not a number":        {[]string{"-c", oct, "-kh", hex32}, "eighty", "not a port number"},
 		"oct into the Key Vault":   {[]string{"-c", emulatedImportConfig(t, "k", ktyOct, emulatedVaultHost), "-kh", hex32}, portOf(t, emulating), "Managed HSM only"},
 		"a port flag out of range": {[]string{"-c", oct, "-kh", hex32, "-port", "70000"}, "", "out of range"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/hkdf"
@@ -96,8 +97,9 @@ func readOctKey(arg string) ([]byte, error) {
 	switch {
 	case err == nil:
 		key = raw
-		if s := strings.TrimSpace(string(raw)); isHexString(s) {
-			key, _ = hex.DecodeString(s)
+		if h := bytes.TrimSpace(raw); isHexString(h) {
+			key = make([]byte, hex.DecodedLen(len(h)))
+			hex.Decode(key, h)
 			clear(raw)
 		}
 	case errors.Is(err, fs.ErrNotExist):
@@ -116,12 +118,12 @@ func readOctKey(arg string) ([]byte, error) {
 	return key, nil
 }
 
-func isHexString(s string) bool {
-	if s == "" || len(s)%2 != 0 {
+func isHexString[T string | []byte](s T) bool {
+	if len(s) == 0 || len(s)%2 != 0 {
 		return false
 	}
-	for _, c := range s {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
 			return false
 		}
 	}
@@ -204,12 +206,12 @@ func completeKeyMaterial(fl *importFlags, p *importPlan, m *importMaterial) erro
 		f := &m.Files[i]
 		switch {
 		case strings.HasSuffix(f.Path, ".derived.hex"):
-			f.Content = []byte(hex.EncodeToString(m.Derived) + "\n")
+			f.Content = hexLine(m.Derived)
 			// Salt and label are public; whoever gets the RSA key released
 			// needs them to derive the same key.
 			f.What = fmt.Sprintf("the key derived from the RSA private exponent (hex; HKDF-SHA256, salt %x, label %q)", p.Salt, p.Label)
 		case strings.HasSuffix(f.Path, ".hex"):
-			f.Content = []byte(hex.EncodeToString(m.Key.([]byte)) + "\n")
+			f.Content = hexLine(m.Key.([]byte))
 		default:
 			der, err := x509.MarshalPKCS8PrivateKey(m.Key)
 			if err != nil {

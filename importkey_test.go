@@ -69,6 +69,8 @@ type vaultStandIn struct {
 	requests atomic.Int32
 	status   int    // non-zero: answer this error instead
 	code     string // its error code
+	echo     bool   // answer 200 with the request echoed, without key.kid
+	hangUp   bool   // read the request, then close the connection unanswered
 
 	mu   sync.Mutex
 	body map[string]any
@@ -122,6 +124,18 @@ func (v *vaultStandIn) serve(w http.ResponseWriter, r *http.Request) {
 	v.mu.Unlock()
 	if v.status != 0 {
 		v.fail(w, v.status, v.code, "stand-in refuses: "+v.code)
+		return
+	}
+	if v.echo {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(raw)
+		return
+	}
+	if v.hangUp {
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
 		return
 	}
 	key := body["key"].(map[string]any)

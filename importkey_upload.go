@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 )
 
 // importJWK is the key as Key Vault's import wants it: a private JWK whose
@@ -104,13 +107,16 @@ func sendImport(ctx context.Context, env importKeyEnv, plan *importPlan, files [
 	kid, err := putKey(ctx, env.Client, *env.Retry, putURL, token, body)
 	if err != nil {
 		err = explainVaultError(err, plan)
-		if len(written) > 0 && vaultSurelyRefused(err) {
-			for _, f := range written {
-				os.Remove(f.Path)
-			}
+		switch {
+		case len(written) == 0:
+		case vaultSurelyRefused(err):
+			removeFiles(written)
 			err = fmt.Errorf("%w (removed the key files written by this run: the key was not imported)", err)
-		} else if len(written) > 0 {
-			err = fmt.Errorf("%w (kept the key files written by this run in case the import went through)", err)
+		case importNeverSent(err):
+			removeFiles(written)
+			err = fmt.Errorf("%w (removed the key files written by this run: the import never reached the vault)", err)
+		default:
+			err = fmt.Errorf("%w (kept the key files written by this run in case the import went through: %s)", err, retryHint(written))
 		}
 		return "", err
 	}
@@ -141,7 +147,9 @@ func putKey(ctx context.Context, client *http.Client, retry retryPolicy, putURL,
 		} `json:"key"`
 	}
 	if err := json.Unmarshal(resp, &bundle); err != nil || bundle.Key.Kid == "" {
-		return "", fmt.Errorf("Key Vault accepted the import but its answer has no key.kid: %q", truncate(string(resp), 200))
+		// The answer may echo the key: redacted whole before it is cut.
+		shown := redactSecrets(string(resp), append(privateJWKMembers(body), token))
+		return "", fmt.Errorf("Key Vault accepted the import but its answer has no key.kid: %q", bounded(shown))
 	}
 	return bundle.Key.Kid, nil
 }
@@ -165,9 +173,61 @@ func explainVaultError(err error, p *importPlan) error {
 	}
 	var dnsErr *net.DNSError
 	if errors.As(err, &dnsErr) {
-		return fmt.Errorf("import key %q: cannot resolve the vault host %s (%v): check key.akv.endpoint and DNS", p.KID, p.Vault, dnsErr)
+		return fmt.Errorf("import key %q: cannot resolve the vault host %s (%w): check key.akv.endpoint and DNS", p.KID, p.Vault, dnsErr)
 	}
 	return fmt.Errorf("import key %q into %s: %w", p.KID, p.Vault, err)
+}
+
+// importNeverSent is true when err shows that the import never reached the
+// vault: the name did not resolve, the connection was refused, or TLS
+// failed before the request was sent. Anything else (a timeout, a
+// connection cut after sending) may have imported the key.
+func importNeverSent(err error) bool {
+	var (
+		dnsErr     *net.DNSError
+		opErr      *net.OpError
+		verifyErr  *tls.CertificateVerificationError
+		unknownCA  x509.UnknownAuthorityError
+		wrongHost  x509.HostnameError
+		badCert    x509.CertificateInvalidError
+		notTLS     tls.RecordHeaderError
+		tlsAlerted tls.AlertError
+	)
+	return errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial" ||
+		errors.As(err, &verifyErr) || errors.As(err, &unknownCA) || errors.As(err, &wrongHost) ||
+		errors.As(err, &badCert) || errors.As(err, &notTLS) || errors.As(err, &tlsAlerted)
+}
+
+func removeFiles(files []pendingFile) {
+	for _, f := range files {
+		os.Remove(f.Path)
+	}
+}
+
+// retryHint says how to import again with the key a run wrote, once it is
+// sure the first import did not go through: key files are never
+// overwritten, so the next run reads the key instead of generating one.
+func retryHint(written []pendingFile) string {
+	var key string
+	var others []string
+	for _, f := range written {
+		switch {
+		case strings.HasSuffix(f.Path, ".pem"):
+			key = "-kp " + f.Path
+		case strings.HasSuffix(f.Path, ".hex") && !strings.HasSuffix(f.Path, ".derived.hex") && key == "":
+			key = "-kh " + f.Path
+		default:
+			others = append(others, f.Path)
+		}
+	}
+	hint := "check the vault for the key"
+	if key != "" {
+		hint += "; if it is not there, import the same key again with " + key
+		if len(others) > 0 {
+			hint += " after moving " + strings.Join(others, ", ") + " away"
+		}
+	}
+	return hint
 }
 
 // vaultSurelyRefused is true when the vault answered with a final 4xx: the

@@ -146,17 +146,18 @@ func rsaPrivateJWK(k *rsa.PrivateKey) (jwk, error) {
 		if pre.Dp == nil {
 			return jwk{}, errors.New("JWK: RSA key has no CRT values")
 		}
+		defer zeroBigInts(pre.Dp, pre.Dq, pre.Qinv)
 	}
 	return jwk{
 		Kty: "RSA",
 		N:   b64url(k.N.Bytes()),
 		E:   b64url(big.NewInt(int64(k.E)).Bytes()),
-		D:   b64url(k.D.Bytes()),
-		P:   b64url(k.Primes[0].Bytes()),
-		Q:   b64url(k.Primes[1].Bytes()),
-		DP:  b64url(pre.Dp.Bytes()),
-		DQ:  b64url(pre.Dq.Bytes()),
-		QI:  b64url(pre.Qinv.Bytes()),
+		D:   b64urlWiped(k.D.Bytes()),
+		P:   b64urlWiped(k.Primes[0].Bytes()),
+		Q:   b64urlWiped(k.Primes[1].Bytes()),
+		DP:  b64urlWiped(pre.Dp.Bytes()),
+		DQ:  b64urlWiped(pre.Dq.Bytes()),
+		QI:  b64urlWiped(pre.Qinv.Bytes()),
 	}, nil
 }
 
@@ -171,16 +172,29 @@ func ecPrivateJWK(k *ecdsa.PrivateKey) (jwk, error) {
 	if !ok {
 		return jwk{}, fmt.Errorf("JWK: unsupported curve %s", k.Curve.Params().Name)
 	}
-	d, err := k.Bytes()
-	if err != nil {
-		return jwk{}, fmt.Errorf("JWK: EC private key: %w", err)
-	}
 	point, err := k.PublicKey.Bytes()
 	if err != nil {
 		return jwk{}, fmt.Errorf("JWK: EC public key: %w", err)
 	}
 	size := curveByteSize(k.Curve)
-	return jwk{Kty: "EC", Crv: crv, X: b64url(point[1 : 1+size]), Y: b64url(point[1+size:]), D: b64url(d)}, nil
+	d, err := ecScalarBytes(k, size)
+	if err != nil {
+		return jwk{}, fmt.Errorf("JWK: EC private key: %w", err)
+	}
+	return jwk{Kty: "EC", Crv: crv, X: b64url(point[1 : 1+size]), Y: b64url(point[1+size:]), D: b64urlWiped(d)}, nil
+}
+
+// ecScalarBytes is the private scalar at the field size, read from D where
+// it is set: ecdsa's Bytes would make and cache another copy of the key,
+// out of zeroPrivateKey's reach.
+func ecScalarBytes(k *ecdsa.PrivateKey, size int) ([]byte, error) {
+	if k.D == nil {
+		return k.Bytes()
+	}
+	if k.D.Sign() <= 0 || (k.D.BitLen()+7)/8 > size {
+		return nil, errors.New("private scalar out of range")
+	}
+	return k.D.FillBytes(make([]byte, size)), nil
 }
 
 // parseJWK decodes an untrusted JWK's JSON: one bounded JSON object with a

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -65,6 +66,41 @@ func parsePrivateKeyPEM(raw []byte) (any, error) {
 	return key, nil
 }
 
+// withoutHiddenCopy returns priv rebuilt from its private numbers alone,
+// without the copy of them that crypto/rsa precomputes and keeps out of
+// reach inside the key. What remains can be overwritten by zeroPrivateKey.
+// Each private-key operation then derives that copy afresh and drops it
+// when done (about 0.15 ms per RSA-2048 decryption), so no unreachable copy
+// lives as long as the key; the one made when priv was generated or parsed
+// is garbage from here on.
+func withoutHiddenCopy(priv *rsa.PrivateKey) *rsa.PrivateKey {
+	return &rsa.PrivateKey{
+		PublicKey: priv.PublicKey,
+		D:         priv.D,
+		Primes:    priv.Primes,
+		Precomputed: rsa.PrecomputedValues{
+			Dp: priv.Precomputed.Dp, Dq: priv.Precomputed.Dq, Qinv: priv.Precomputed.Qinv,
+		},
+	}
+}
+
+// b64urlWiped is b64url(b), and overwrites b: for private key bytes that
+// exist only to be encoded.
+func b64urlWiped(b []byte) string {
+	s := b64url(b)
+	clear(b)
+	return s
+}
+
+// hexLine is b in hex with a newline, as bytes that can be overwritten
+// once written (a string could not be).
+func hexLine(b []byte) []byte {
+	out := make([]byte, hex.EncodedLen(len(b))+1)
+	hex.Encode(out, b)
+	out[len(out)-1] = '\n'
+	return out
+}
+
 // zeroPrivateKey overwrites what Go lets us reach of a private key we are
 // done with: the bytes of a symmetric key, the private numbers of an RSA
 // or EC key. Copies the standard library derives and keeps inside the key
@@ -74,10 +110,14 @@ func zeroPrivateKey(key any) {
 	case []byte:
 		clear(k)
 	case *rsa.PrivateKey:
-		zeroBigInts(k.D, k.Precomputed.Dp, k.Precomputed.Dq, k.Precomputed.Qinv)
-		zeroBigInts(k.Primes...)
+		if k != nil {
+			zeroBigInts(k.D, k.Precomputed.Dp, k.Precomputed.Dq, k.Precomputed.Qinv)
+			zeroBigInts(k.Primes...)
+		}
 	case *ecdsa.PrivateKey:
-		zeroBigInts(k.D)
+		if k != nil {
+			zeroBigInts(k.D)
+		}
 	}
 }
 

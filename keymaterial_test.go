@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"math/big"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -132,5 +135,65 @@ func TestParsePrivateKeyDERTriesEachDecoder(t *testing.T) {
 	_, err := parsePrivateKeyDER(der, pkcs8PrivateKey, sec1PrivateKey)
 	if _, want := x509.ParsePKCS8PrivateKey(der); err == nil || err.Error() != want.Error() {
 		t.Fatalf("err = %v, want the first decoder's", err)
+	}
+}
+
+// hasHiddenCopy reports whether crypto/rsa keeps its own copy of the key's
+// private numbers inside it, where zeroPrivateKey cannot reach.
+func hasHiddenCopy(k *rsa.PrivateKey) bool {
+	return !reflect.ValueOf(k).Elem().FieldByName("Precomputed").FieldByName("fips").IsNil()
+}
+
+// A wrapping key lives minutes: it keeps no copy of its private numbers
+// that destroy cannot overwrite, before or after it is used.
+func TestWrappingKeyKeepsNoHiddenCopy(t *testing.T) {
+	t.Parallel()
+	parsed := cloneRSAKey(t, standInRSAKey(t, rsaOther))
+	if !hasHiddenCopy(parsed) {
+		t.Fatal("a parsed key has no hidden copy: this test can no longer tell")
+	}
+	wk, err := wrappingKeyFrom(parsed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hasHiddenCopy(wk.priv) {
+		t.Fatal("the wrapping key keeps crypto/rsa's copy of its private numbers")
+	}
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &wk.priv.PublicKey, []byte("transfer key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := rsa.DecryptOAEP(sha256.New(), nil, wk.priv, ct, nil); err != nil || string(pt) != "transfer key" {
+		t.Fatalf("decrypt with the rebuilt key: %q, %v", pt, err)
+	}
+	if hasHiddenCopy(wk.priv) {
+		t.Fatal("decrypting left a hidden copy in the wrapping key")
+	}
+	words := rsaSecretWords(wk.priv)
+	wk.destroy()
+	wantZeroWords(t, words)
+}
+
+func TestWipingEncoders(t *testing.T) {
+	t.Parallel()
+	b := []byte{0xfb, 0xff, 0x01}
+	if got := b64urlWiped(b); got != "-_8B" || !bytes.Equal(b, make([]byte, 3)) {
+		t.Errorf("b64urlWiped = %q, input left %x", got, b)
+	}
+	if got := string(hexLine([]byte{0x00, 0xab})); got != "00ab\n" {
+		t.Errorf("hexLine = %q", got)
+	}
+	// The EC scalar is read at the field size, leading zeros kept.
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := k.Bytes()
+	if got, err := ecScalarBytes(k, 32); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("ecScalarBytes = %x, %v; want %x", got, err, want)
+	}
+	small := &ecdsa.PrivateKey{PublicKey: k.PublicKey, D: big.NewInt(1)}
+	if got, _ := ecScalarBytes(small, 32); len(got) != 32 || got[31] != 1 {
+		t.Errorf("ecScalarBytes of 1 = %x", got)
 	}
 }

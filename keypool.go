@@ -38,6 +38,7 @@ func newWrappingKey() (*wrappingKey, error) {
 }
 
 func wrappingKeyFrom(priv *rsa.PrivateKey) (*wrappingKey, error) {
+	priv = withoutHiddenCopy(priv) // the key lives minutes: all of it must be in destroy's reach
 	pub := rsaPublicJWK(&priv.PublicKey)
 	if pub.Kid == "" {
 		return nil, errors.New("wrapping key has no thumbprint kid")

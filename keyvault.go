@@ -81,29 +81,29 @@ func (s *server) requestKeyRelease(ctx context.Context, vault string, key keyRef
 
 // verifyReleaseJWS checks the response's signature with x5c[0] and the
 // header alg, x5c[0]'s chain to roots (nil = system roots) through x5c[1:],
-// and that x5c[0] is valid for the vault's host name. Only then is the
-// payload returned.
-func verifyReleaseJWS(compact, vault string, roots *x509.CertPool, now time.Time) ([]byte, error) {
+// and that x5c[0] is valid for the vault's host name. Only then are the
+// payload and its signer's certificate returned.
+func verifyReleaseJWS(compact, vault string, roots *x509.CertPool, now time.Time) ([]byte, *x509.Certificate, error) {
 	jws, err := parseJWS(compact)
 	if err != nil {
-		return nil, fmt.Errorf("parse JWS: %w", err)
+		return nil, nil, fmt.Errorf("parse JWS: %w", err)
 	}
 	chain, err := parseX5C(jws.Header.X5C)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	leaf := chain[0]
 	if jws.Header.X5tS256 != "" {
 		sum := sha256.Sum256(leaf.Raw)
 		if subtle.ConstantTimeCompare([]byte(jws.Header.X5tS256), []byte(b64url(sum[:]))) != 1 {
-			return nil, errors.New("header x5t#S256 is not the thumbprint of x5c[0]")
+			return nil, nil, errors.New("header x5t#S256 is not the thumbprint of x5c[0]")
 		}
 	}
 	if _, ok := leaf.PublicKey.(*rsa.PublicKey); !ok {
-		return nil, fmt.Errorf("x5c[0] has a %T key; Key Vault signs with RSA", leaf.PublicKey)
+		return nil, nil, fmt.Errorf("x5c[0] has a %T key; Key Vault signs with RSA", leaf.PublicKey)
 	}
 	if err := jws.verify(leaf.PublicKey, releaseJWSAlgs...); err != nil {
-		return nil, fmt.Errorf("JWS signature with x5c[0] (%s): %w", leaf.Subject, err)
+		return nil, nil, fmt.Errorf("JWS signature with x5c[0] (%s): %w", leaf.Subject, err)
 	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
@@ -117,9 +117,22 @@ func verifyReleaseJWS(compact, vault string, roots *x509.CertPool, now time.Time
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	}); err != nil {
-		return nil, fmt.Errorf("JWS signer certificate %q for %s: %w", leaf.Subject.CommonName, host, err)
+		return nil, nil, fmt.Errorf("JWS signer certificate %q for %s: %w", leaf.Subject.CommonName, host, err)
 	}
-	return jws.Payload, nil
+	return jws.Payload, leaf, nil
+}
+
+// certName names a certificate for a log line: its common name (else its
+// first DNS name) and its issuer's.
+func certName(c *x509.Certificate) string {
+	if c == nil {
+		return ""
+	}
+	name := c.Subject.CommonName
+	if name == "" && len(c.DNSNames) > 0 {
+		name = c.DNSNames[0]
+	}
+	return bounded(name) + " (issued by " + bounded(c.Issuer.CommonName) + ")"
 }
 
 // parseX5C decodes the header's certificates (standard base64 DER).

@@ -39,7 +39,7 @@ func TestVerifyReleaseJWSChecksX5tS256(t *testing.T) {
 		{"the issuer's thumbprint", thumbprint(pki.inter.cert), false},
 	} {
 		jws := standInSignJWS(map[string]any{"alg": "RS256", "x5c": x5c, "x5t#S256": tc.x5t}, payload, signer)
-		got, err := verifyReleaseJWS(jws, vault, pki.roots(), time.Now())
+		got, _, err := verifyReleaseJWS(jws, vault, pki.roots(), time.Now())
 		switch {
 		case tc.ok && (err != nil || string(got) != string(payload)):
 			t.Errorf("%s: refused: %v", tc.name, err)

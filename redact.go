@@ -15,6 +15,14 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
+// maxEchoed bounds a caller-supplied string that an error message or a log
+// line repeats: a request must not turn into megabytes of log or answer.
+const maxEchoed = 200
+
+// bounded is s as an error message or a log line may repeat it: at most
+// maxEchoed bytes, with an ellipsis when cut.
+func bounded(s string) string { return truncate(s, maxEchoed) }
+
 type secretsKey struct{}
 
 // withSecrets names values that no upstream error may repeat, beyond the

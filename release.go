@@ -39,6 +39,8 @@ type keyReleaseParams struct {
 	VaultHost   string
 	Key         keyRef
 	AccessToken string
+
+	SignedBy string // set by releaseKey: whose certificate signed the answer, for the log
 }
 
 // keyVersionPattern is a Key Vault key version; names follow
@@ -87,10 +89,10 @@ func parseKeyRef(kid string) (keyRef, error) {
 	}
 	name, ver, hasVer := strings.Cut(kid, "/")
 	if !keyNamePattern.MatchString(name) {
-		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", truncate(kid, 200))
+		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", bounded(kid))
 	}
 	if hasVer && !keyVersionPattern.MatchString(ver) {
-		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": version %q is not 32 hex digits", truncate(ver, 100))
+		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": version %q is not 32 hex digits", bounded(ver))
 	}
 	return keyRef{Name: name, Version: ver}, nil
 }
@@ -119,7 +121,7 @@ func (s *server) handleKeyRelease(w http.ResponseWriter, r *http.Request) {
 				log.Warn("key release failed", append(attrs, "step", step, "duration", elapsed, "err", err)...)
 				return
 			}
-			log.Info("key released", append(attrs, "duration", elapsed)...)
+			log.Info("key released", append(attrs, "signed_by", p.SignedBy, "duration", elapsed)...)
 		},
 	})
 }
@@ -131,6 +133,9 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	if err := s.refuseUnservedNames(p.MAAHost, p.VaultHost); err != nil {
 		return "", "request", err
 	}
+	if err := s.cfg.Args.Allow.permitRelease(p); err != nil {
+		return "", "allow", err
+	}
 	// Before any token is fetched: without evidence there is no release.
 	if err := s.requireTEE(); err != nil {
 		return "", "evidence", err
@@ -139,7 +144,7 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 	if err != nil {
 		return "", "token", err
 	}
-	cred, reused, err := s.rel.credential(ctx, p.MAAHost)
+	cred, reused, err := s.releaseCredential(ctx, p)
 	if err != nil {
 		return "", "MAA", err
 	}
@@ -178,10 +183,11 @@ func (s *server) releaseKey(ctx context.Context, p *keyReleaseParams) (key, step
 // verifiedRelease checks the vault's signed answer and that it is for this
 // request and wrapped to wk, and returns its payload.
 func (s *server) verifiedRelease(jws string, p *keyReleaseParams, wk *wrappingKey) (*releaseEnvelope, error) {
-	payload, err := verifyReleaseJWS(jws, p.VaultHost, s.releaseRoots(p.VaultHost), time.Now())
+	payload, signer, err := verifyReleaseJWS(jws, p.VaultHost, s.releaseRoots(p.VaultHost), time.Now())
 	if err != nil {
 		return nil, newError(kindDenied, err, "verify: the Key Vault response for key %q from %s failed verification; no key was released", p.Key.String(), p.VaultHost)
 	}
+	p.SignedBy = certName(signer)
 	env, err := parseReleasePayload(payload)
 	if err != nil {
 		return nil, newError(kindUpstream, err, "verify: the signed Key Vault response for key %q from %s is malformed", p.Key.String(), p.VaultHost)
@@ -190,6 +196,19 @@ func (s *server) verifiedRelease(jws string, p *keyReleaseParams, wk *wrappingKe
 		return nil, newError(kindDenied, err, "verify: the Key Vault response for key %q from %s is not for this request", p.Key.String(), p.VaultHost)
 	}
 	return env, nil
+}
+
+// releaseCredential is the wrapping key and MAA token to release with. One
+// is shared by the releases from Key Vault and Managed HSM hosts; any other
+// host gets a fresh one that serves this release only, so that a rogue
+// "vault" never holds a token that a real vault would honour for another
+// release.
+func (s *server) releaseCredential(ctx context.Context, p *keyReleaseParams) (cred *releaseCredential, reused bool, err error) {
+	if !s.tokens.isVaultHost(p.VaultHost) && !s.servesEmulatedVault(p.VaultHost) {
+		cred, err = s.rel.fresh(ctx, p.MAAHost)
+		return cred, false, err
+	}
+	return s.rel.credential(ctx, p.MAAHost)
 }
 
 // attestForRelease is the releaser's attestFunc: evidence over a wrapping

@@ -46,6 +46,9 @@ type releaseEnvOpts struct {
 	clock   clock                        // of the wrapping keys' reuse; nil = the system clock
 	newKey  func() (*wrappingKey, error) // nil = newWrappingKey
 	grpc    bool                         // serve gRPC (ServerType=grpc)
+	// allow, when set, gives SkrSideCarArgs' allow lists, which may name
+	// the stand-ins.
+	allow func(e *releaseEnv) allowList
 }
 
 // releaseRetry keeps the production retry decisions, without their delays.
@@ -136,6 +139,12 @@ func newReleaseEnv(t testing.TB, o releaseEnvOpts) *releaseEnv {
 	cfg := serverConfig{WrappingKeyTTL: o.ttl, Args: o.args}
 	if o.grpc {
 		cfg.ServerType = serverTypeGRPC
+	}
+	if o.allow != nil {
+		cfg.Args = &SkrSideCarArgs{Allow: o.allow(e)}
+		if err := cfg.Args.Allow.check(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	opts := serverOptions{
 		TEE:            tee,

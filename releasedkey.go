@@ -224,13 +224,13 @@ func (e *releaseEnvelope) unwrap(wk *wrappingKey) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Drop our copies of the key material on every path; the JWK strings
+	// are what the caller gets and cannot be overwritten.
+	defer zeroPrivateKey(priv)
 	k, err := jwkFromPrivateKey(priv)
 	if err != nil {
 		return "", fmt.Errorf("encode released %s key as JWK: %w", e.Kty, err)
 	}
-	// Drop our copies of the key material; the JWK strings are what the
-	// caller gets and cannot be overwritten.
-	zeroPrivateKey(priv)
 	k.Kid = e.Kid
 	k.KeyOps = e.KeyOps
 	out, err := json.Marshal(k)
@@ -278,8 +278,18 @@ func unwrapKeyMaterial(priv *rsa.PrivateKey, enc string, ct []byte) ([]byte, err
 // decodePlaintext reads the key material per key type and checks it
 // against the signed public parts. RSA and EC are PKCS#8 as the BYOK
 // specification says; a bare PKCS#1 / SEC 1 key is accepted too, since the
-// public-part check makes either encoding unambiguous.
+// public-part check makes either encoding unambiguous. A key that fails a
+// check is overwritten before the error is returned.
 func (e *releaseEnvelope) decodePlaintext(plain []byte) (any, error) {
+	key, err := e.parsePlaintext(plain)
+	if err != nil {
+		zeroPrivateKey(key)
+		return nil, err
+	}
+	return key, nil
+}
+
+func (e *releaseEnvelope) parsePlaintext(plain []byte) (any, error) {
 	switch e.Kty {
 	case "oct":
 		if len(plain) > maxOctKeySize {
@@ -293,13 +303,13 @@ func (e *releaseEnvelope) decodePlaintext(plain []byte) (any, error) {
 		}
 		rk, ok := key.(*rsa.PrivateKey)
 		if !ok {
-			return nil, fmt.Errorf("released key is a %T, but Key Vault says RSA", key)
+			return key, fmt.Errorf("released key is a %T, but Key Vault says RSA", key)
 		}
 		if err := rk.Validate(); err != nil {
-			return nil, fmt.Errorf("released RSA key is inconsistent: %w", err)
+			return rk, fmt.Errorf("released RSA key is inconsistent: %w", err)
 		}
 		if err := matchRSAPublic(&rk.PublicKey, e.pub.N, e.pub.E); err != nil {
-			return nil, err
+			return rk, err
 		}
 		return rk, nil
 	case "EC":
@@ -309,10 +319,10 @@ func (e *releaseEnvelope) decodePlaintext(plain []byte) (any, error) {
 		}
 		ek, ok := key.(*ecdsa.PrivateKey)
 		if !ok {
-			return nil, fmt.Errorf("released key is a %T, but Key Vault says EC", key)
+			return key, fmt.Errorf("released key is a %T, but Key Vault says EC", key)
 		}
 		if err := matchECPublic(&ek.PublicKey, e.pub.Crv, e.pub.X, e.pub.Y); err != nil {
-			return nil, err
+			return ek, err
 		}
 		return ek, nil
 	}

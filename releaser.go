@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,17 @@ import (
 // tokenExpiryMargin keeps a reused MAA token well clear of its exp, so Key
 // Vault never sees one that expires on the way.
 const tokenExpiryMargin = 2 * time.Minute
+
+// Bounds on what callers can make the releaser hold. Each credential is a
+// 2048-bit RSA key and an MAA token (a few KiB); each attestation in flight
+// also holds an SNP report, its certificates and an MAA round trip. A
+// container group uses one or two MAA endpoints; any number of names beyond
+// the cache only costs attestations, at most maxAttestations at a time.
+const (
+	maxCachedCredentials      = 8 // MAA endpoints whose credential is kept for reuse
+	maxAttestations           = 8 // attestations in flight, in total
+	maxAttestationsPerMAAHost = 4 // attestations in flight for one MAA endpoint
+)
 
 // attestFunc gets an MAA token from maaHost for runtimeData, the public JWK
 // Set of a wrapping key.
@@ -44,6 +56,10 @@ type releaserConfig struct {
 	NewKey  func() (*wrappingKey, error) // how the key pool makes keys; nil = newWrappingKey
 	Log     *slog.Logger                 // nil = discard
 	Clock   clock                        // nil = the system clock
+
+	// Bounds; 0 = maxCachedCredentials, maxAttestations and
+	// maxAttestationsPerMAAHost.
+	MaxCached, MaxAttestations, MaxAttestationsPerHost int
 }
 
 // releaseCredential is a wrapping key and the MAA token whose x-ms-runtime
@@ -56,8 +72,9 @@ type releaseCredential struct {
 	reuseUntil time.Time
 	stopTimer  func() bool // of the expiry, once the credential is current
 
-	refs    int // guarded by releaser.mu
-	retired bool
+	refs     int // guarded by releaser.mu
+	retired  bool
+	lastUsed uint64 // releaser.uses when last handed out, for eviction
 }
 
 // releaser holds the wrapping keys and MAA tokens that serve releases.
@@ -65,10 +82,12 @@ type releaser struct {
 	cfg     releaserConfig
 	pool    *keyPool
 	flights flight[string, *releaseCredential] // by MAA host
-	cancel  context.CancelFunc                 // ends attestations in flight
+	slots   attestSlots
+	cancel  context.CancelFunc // ends attestations in flight
 
 	mu      sync.Mutex
-	current map[string]*releaseCredential // by MAA host
+	current map[string]*releaseCredential // by MAA host; at most cfg.MaxCached
+	uses    uint64                        // credentials handed out from current
 	closed  bool
 }
 
@@ -82,16 +101,22 @@ func newReleaser(cfg releaserConfig) *releaser {
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
+	cfg.MaxCached = cmp.Or(cfg.MaxCached, maxCachedCredentials)
+	cfg.MaxAttestations = cmp.Or(cfg.MaxAttestations, maxAttestations)
+	cfg.MaxAttestationsPerHost = cmp.Or(cfg.MaxAttestationsPerHost, maxAttestationsPerMAAHost)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &releaser{
 		cfg:     cfg,
 		pool:    newKeyPool(cfg.NewKey, cfg.Log),
+		slots:   attestSlots{total: cfg.MaxAttestations, perHost: cfg.MaxAttestationsPerHost},
 		cancel:  cancel,
 		current: map[string]*releaseCredential{},
 	}
-	// Attestations run on the releaser's context and deadline, so that no
-	// single release giving up ends one for the others.
-	r.flights = flight[string, *releaseCredential]{base: ctx, timeout: cfg.Timeout, settle: r.settle, abandon: r.put}
+	// Shared attestations run on the releaser's context and deadline, so
+	// that no single release giving up ends one for the others; once all
+	// of them have given up, it ends, so that callers that left cost
+	// nothing more.
+	r.flights = flight[string, *releaseCredential]{base: ctx, timeout: cfg.Timeout, endAbandoned: true, settle: r.settle, abandon: r.put}
 	return r
 }
 
@@ -114,12 +139,8 @@ func (r *releaser) Close() {
 func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCredential, reused bool, err error) {
 	if r.cfg.TTL <= 0 {
 		// No reuse, hence nothing to share: each release attests for itself.
-		c, err := r.attest(ctx, host)
-		if err != nil {
-			return nil, false, err
-		}
-		c.refs, c.retired = 1, true
-		return c, false, nil
+		c, err := r.fresh(ctx, host)
+		return c, false, err
 	}
 	closed := false
 	live := func() (*releaseCredential, bool) {
@@ -146,11 +167,28 @@ func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCr
 	return c, reused, err
 }
 
+// fresh attests for one release only: the credential is neither shared nor
+// kept, and is destroyed when handed back with put. The attestation runs
+// on ctx, so it ends when its caller gives up.
+func (r *releaser) fresh(ctx context.Context, host string) (*releaseCredential, error) {
+	c, err := r.attest(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	c.refs, c.retired = 1, true
+	return c, nil
+}
+
 // liveLocked is the current credential for host while it may be reused;
 // one past its time is retired here, should its timer be late.
 func (r *releaser) liveLocked(host string) *releaseCredential {
 	c := r.current[host]
-	if c == nil || r.cfg.Clock.Now().Before(c.reuseUntil) {
+	if c == nil {
+		return nil
+	}
+	if r.cfg.Clock.Now().Before(c.reuseUntil) {
+		r.uses++
+		c.lastUsed = r.uses
 		return c
 	}
 	delete(r.current, host)
@@ -173,7 +211,11 @@ func (r *releaser) settle(host string, c *releaseCredential, err error, takers i
 	} else {
 		if old := r.current[host]; old != nil {
 			r.retireLocked(old)
+		} else if len(r.current) >= r.cfg.MaxCached {
+			r.evictLocked()
 		}
+		r.uses++
+		c.lastUsed = r.uses
 		r.current[host] = c
 		c.stopTimer = r.cfg.Clock.AfterFunc(c.reuseUntil.Sub(now), func() { r.expire(host, c) })
 	}
@@ -182,8 +224,30 @@ func (r *releaser) settle(host string, c *releaseCredential, err error, takers i
 	}
 }
 
-// attest takes a fresh wrapping key and gets an MAA token over its JWK Set.
+// evictLocked retires the credential used least recently, to make room.
+func (r *releaser) evictLocked() {
+	var lru *releaseCredential
+	for _, c := range r.current {
+		if lru == nil || c.lastUsed < lru.lastUsed {
+			lru = c
+		}
+	}
+	if lru == nil {
+		return
+	}
+	delete(r.current, lru.maaHost)
+	r.retireLocked(lru)
+	r.cfg.Log.Debug("wrapping key evicted: more MAA endpoints than the cache holds", "maa_endpoint", lru.maaHost, "cached", r.cfg.MaxCached)
+}
+
+// attest takes a fresh wrapping key and gets an MAA token over its JWK Set,
+// once a slot for it is free.
 func (r *releaser) attest(ctx context.Context, host string) (*releaseCredential, error) {
+	if err := r.slots.acquire(ctx, host); err != nil {
+		return nil, fmt.Errorf("MAA attestation at %s: wait for one of the %d attestations in flight (%d per MAA endpoint) to end: %w",
+			host, r.slots.total, r.slots.perHost, err)
+	}
+	defer r.slots.release(host)
 	start := time.Now()
 	key, err := r.pool.take(ctx)
 	if err != nil {
@@ -246,5 +310,63 @@ func (r *releaser) expire(host string, c *releaseCredential) {
 	}
 	if !c.retired {
 		r.retireLocked(c)
+	}
+}
+
+// attestSlots bounds the attestations in flight, in total and per MAA
+// host. Callers beyond the bounds wait, each within its own deadline.
+type attestSlots struct {
+	total, perHost int
+
+	mu      sync.Mutex
+	inUse   int
+	waiting int            // callers waiting for a slot
+	byHost  map[string]int // only hosts with an attestation in flight
+	freed   chan struct{}  // closed, and replaced, when a slot comes free
+}
+
+func (a *attestSlots) acquire(ctx context.Context, host string) error {
+	for {
+		a.mu.Lock()
+		if a.byHost == nil {
+			a.byHost = map[string]int{}
+		}
+		if a.inUse < a.total && a.byHost[host] < a.perHost {
+			a.inUse++
+			a.byHost[host]++
+			a.mu.Unlock()
+			return nil
+		}
+		if a.freed == nil {
+			a.freed = make(chan struct{})
+		}
+		freed := a.freed
+		a.waiting++
+		a.mu.Unlock()
+		var err error
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		a.mu.Lock()
+		a.waiting--
+		a.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (a *attestSlots) release(host string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.inUse--
+	if a.byHost[host]--; a.byHost[host] <= 0 {
+		delete(a.byHost, host)
+	}
+	if a.freed != nil {
+		close(a.freed)
+		a.freed = nil
 	}
 }

@@ -22,6 +22,9 @@ type uvmInputs struct {
 	HostAMDCert    []byte // decoded THIM JSON (vcekCert, certificateChain, tcbm)
 	ReferenceInfo  []byte // decoded UVM reference info (COSE_Sign1)
 	Source         string // where they were found, for /status and logs
+
+	// Warnings are problems that do not stop the sidecar, said at start.
+	Warnings []string
 }
 
 // PolicyDigest is HOST_DATA as the platform sets it: sha256 of the decoded
@@ -45,7 +48,13 @@ const (
 // also used when the directory holds no reference info, as upstream does.
 func loadUVMInputs(getenv func(string) string, root string) (*uvmInputs, error) {
 	dir := getenv("UVM_SECURITY_CONTEXT_DIR")
-	if dir == "" {
+	var warnings []string
+	if dir != "" {
+		if info, err := os.Stat(dir); err != nil || !info.IsDir() {
+			warnings = append(warnings, fmt.Sprintf("UVM_SECURITY_CONTEXT_DIR=%s is not a folder: no security policy, platform certificates or reference info come from it", dir))
+			dir = ""
+		}
+	} else {
 		dir = findSecurityContextDir(root)
 	}
 	in := &uvmInputs{}
@@ -55,11 +64,13 @@ func loadUVMInputs(getenv func(string) string, root string) (*uvmInputs, error) 
 			return nil, err
 		}
 	}
+	in.Warnings = append(warnings, in.Warnings...)
 	if len(in.ReferenceInfo) == 0 {
 		env, err := loadSecurityContextEnv(getenv)
 		if err != nil {
 			return nil, err
 		}
+		in.Warnings = append(in.Warnings, env.Warnings...)
 		if env.Source != "" {
 			if len(in.SecurityPolicy) == 0 {
 				in.SecurityPolicy = env.SecurityPolicy
@@ -112,11 +123,24 @@ func loadSecurityContextDir(dir string) (*uvmInputs, error) {
 		if err != nil {
 			return nil, fmt.Errorf("security context: %w", err)
 		}
-		if *f.dst, err = decodeStdBase64File(raw); err != nil {
+		decoded, err := decodeStdBase64File(raw)
+		switch {
+		case err != nil && f.name == fileHostAMDCert:
+			in.Warnings = append(in.Warnings, corruptPlatformCerts(path, err))
+		case err != nil:
 			return nil, fmt.Errorf("security context %s: %w", path, err)
+		default:
+			*f.dst = decoded
 		}
 	}
 	return in, nil
+}
+
+// corruptPlatformCerts is the warning for platform certificates that do
+// not decode. The platform wrote them, not the user, and fresh ones can be
+// fetched for every report: they are not worth refusing to start over.
+func corruptPlatformCerts(where string, err error) string {
+	return fmt.Sprintf("the platform certificates in %s are unusable (%v): ignored; certificates are fetched from the certcache source instead", where, err)
 }
 
 func loadSecurityContextEnv(getenv func(string) string) (*uvmInputs, error) {
@@ -134,10 +158,15 @@ func loadSecurityContextEnv(getenv func(string) string) (*uvmInputs, error) {
 		if s == "" {
 			continue
 		}
-		var err error
-		if *v.dst, err = decodeStdBase64File([]byte(s)); err != nil {
+		decoded, err := decodeStdBase64File([]byte(s))
+		switch {
+		case err != nil && v.name == "UVM_HOST_AMD_CERTIFICATE":
+			in.Warnings = append(in.Warnings, corruptPlatformCerts("environment variable "+v.name, err))
+			continue
+		case err != nil:
 			return nil, fmt.Errorf("environment variable %s: %w", v.name, err)
 		}
+		*v.dst = decoded
 		names = append(names, v.name)
 	}
 	if len(names) > 0 {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,11 @@ type serverOptions struct {
 	// TokenRetry adjusts the retry policies of the identity calls (IMDS,
 	// Entra ID), which keep their own retry decisions; nil = as they are.
 	TokenRetry func(retryPolicy) retryPolicy
+
+	// Signals are SIGTERM and SIGINT: the first starts the drain (as the
+	// end of serve's ctx does), a second one during it stops at once.
+	// The clock above times the drain.
+	Signals <-chan os.Signal
 }
 
 // server holds everything the handlers share.
@@ -60,6 +66,12 @@ type server struct {
 	rel     *releaser
 	azure   *emulatedAzure // the emulated MAA and vaults; nil without -emulate
 	metrics *metrics
+	clock   clock
+
+	// stopping ends when the shutdown grace is over: requests still
+	// running then are answered 503 "shutting down".
+	stopping     context.Context
+	stopRequests context.CancelFunc
 
 	deviceMu sync.Mutex // serializes guest device commands
 }
@@ -80,6 +92,11 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	if s.cfg.Args == nil {
 		s.cfg.Args = &SkrSideCarArgs{}
 	}
+	s.clock = opts.Clock
+	if s.clock == nil {
+		s.clock = systemClock{}
+	}
+	s.stopping, s.stopRequests = context.WithCancel(context.Background())
 	root := opts.SecurityContextRoot
 	if root == "" {
 		root = "/"
@@ -140,8 +157,7 @@ func (s *server) localPlatformCerts() func(context.Context) (*platformCerts, err
 	}
 	pc, err := parseTHIM(s.inputs.HostAMDCert)
 	if err != nil {
-		// Not fatal: fresh certificates can still be fetched for each report.
-		s.log.Warn("platform certificates in the security context are unusable; will fetch fresh ones", "source", s.inputs.Source, "err", err)
+		s.inputs.Warnings = append(s.inputs.Warnings, corruptPlatformCerts(s.inputs.Source, err))
 		return nil
 	}
 	return func(context.Context) (*platformCerts, error) { return pc, nil }
@@ -161,6 +177,30 @@ func listenLoopback(port int) ([]net.Listener, error) {
 	return ls, nil
 }
 
+// listen opens the listeners cfg asks for: loopback TCP unless it is
+// turned off, and the Unix socket when there is one.
+func listen(cfg serverConfig) ([]net.Listener, error) {
+	var ls []net.Listener
+	if !cfg.NoTCP {
+		tcp, err := listenLoopback(cfg.Port)
+		if err != nil {
+			return nil, err
+		}
+		ls = tcp
+	}
+	if cfg.Socket != "" {
+		l, err := listenUnix(cfg.Socket)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
 func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
@@ -173,8 +213,9 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// shutdownGrace bounds how long requests in flight may take after a signal.
-const shutdownGrace = 5 * time.Second
+// answerBound is how long requests cut at the end of the grace have to
+// send their 503 before their connections are closed.
+const answerBound = 2 * time.Second
 
 func runServe(args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseServeFlags(args, os.Getenv, stderr)
@@ -196,9 +237,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		logOut = f
 	}
 	log := newLogger(logOut, cfg.LogLevel)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := serve(ctx, *cfg, log, serverOptions{}, nil); err != nil {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	if err := serve(context.Background(), *cfg, log, serverOptions{Signals: sigs}, nil); err != nil {
 		log.Error("sidecar stopped", "err", err)
 		fmt.Fprintf(stderr, "skr: %v\n", err)
 		return 1
@@ -206,19 +248,20 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve runs the sidecar until ctx ends, then drains requests in flight.
-// ready, when not nil, receives the listening address.
+// serve runs the sidecar until ctx ends or a signal comes, then drains
+// requests in flight. ready, when not nil, receives the listening address.
 func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverOptions, ready chan<- string) error {
 	s, err := newServer(cfg, log, opts)
 	if err != nil {
 		return err
 	}
-	ls, err := listenLoopback(cfg.Port)
+	ls, err := listen(cfg)
 	if err != nil {
 		return err
 	}
 	s.logStart(ls)
 	srv := s.frontEnd()
+	srv.ConnContext = withPeer
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()
@@ -230,15 +273,49 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
+	case sig := <-opts.Signals:
+		log.Info("signal received", "signal", sig.String())
 	}
-	log.Info("shutting down: draining requests in flight", "grace", shutdownGrace)
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("requests still in flight at shutdown were cut", "err", err)
-	}
+	s.drain(srv, opts.Signals)
 	s.rel.Close()
 	return nil
+}
+
+// drain stops taking connections and gives the requests in flight the
+// shutdown grace. Those still running at its end are answered 503
+// "shutting down", then their connections closed. A second signal ends
+// the drain at once.
+func (s *server) drain(srv *http.Server, signals <-chan os.Signal) {
+	grace := s.cfg.ShutdownGrace
+	s.log.Info("shutting down: draining requests in flight", "grace", grace)
+	graceOver := make(chan struct{})
+	stopTimer := s.clock.AfterFunc(grace, func() { close(graceOver) })
+	defer stopTimer()
+	idle := make(chan struct{})
+	go func() {
+		srv.Shutdown(context.Background()) // returns once every connection is idle or closed
+		close(idle)
+	}()
+	select {
+	case <-idle:
+		return
+	case sig := <-signals:
+		s.log.Warn("second signal: stopping at once; requests in flight are cut", "signal", sig.String())
+		srv.Close()
+		return
+	case <-graceOver:
+	}
+	s.log.Warn("shutdown grace over: requests still in flight are answered 503", "grace", grace)
+	s.stopRequests()
+	t := time.NewTimer(answerBound)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return
+	case <-signals:
+	case <-t.C:
+	}
+	srv.Close()
 }
 
 func (s *server) logStart(ls []net.Listener) {
@@ -262,5 +339,8 @@ func (s *server) logStart(ls []net.Listener) {
 	s.logEmulatedAzure()
 	if d, ok := s.inputs.PolicyDigest(); ok {
 		s.log.Info("security policy found", "source", s.inputs.Source, "host_data", fmt.Sprintf("%x", d))
+	}
+	for _, w := range append(slices.Clip(s.cfg.Args.warnings), s.inputs.Warnings...) {
+		s.log.Warn("configuration: " + w)
 	}
 }

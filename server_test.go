@@ -6,8 +6,11 @@ import (
 	"encoding/base64"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -27,7 +30,7 @@ func TestParseServeFlags(t *testing.T) {
 		err   string
 	}{
 		{name: "defaults", check: func(t *testing.T, c *serverConfig) {
-			if c.Port != 8080 || c.LogLevel != slog.LevelWarn || c.Emulate || c.WrappingKeyTTL != 5*time.Minute || c.LogFile != "" {
+			if c.Port != 8080 || c.LogLevel != slog.LevelWarn || c.Emulate || c.WrappingKeyTTL != 5*time.Minute || c.LogFile != "" || c.ShutdownGrace != 10*time.Second {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
@@ -65,6 +68,31 @@ func TestParseServeFlags(t *testing.T) {
 		{name: "bad ttl", env: map[string]string{"SKR_WRAPPING_KEY_TTL": "5"}, err: "duration"},
 		{name: "negative ttl", argv: []string{"-wrapping-key-ttl", "-1s"}, err: "negative"},
 		{name: "bad emulate", env: map[string]string{"SKR_EMULATE": "maybe"}, err: "boolean"},
+		{name: "shutdown grace flag", argv: []string{"-shutdown-grace", "3s"}, check: func(t *testing.T, c *serverConfig) {
+			if c.ShutdownGrace != 3*time.Second {
+				t.Errorf("grace %v", c.ShutdownGrace)
+			}
+		}},
+		{name: "shutdown grace environment", env: map[string]string{"SKR_SHUTDOWN_GRACE": "1m"}, check: func(t *testing.T, c *serverConfig) {
+			if c.ShutdownGrace != time.Minute {
+				t.Errorf("grace %v", c.ShutdownGrace)
+			}
+		}},
+		{name: "bad shutdown grace", env: map[string]string{"SKR_SHUTDOWN_GRACE": "soon"}, err: "SKR_SHUTDOWN_GRACE"},
+		{name: "negative shutdown grace", argv: []string{"-shutdown-grace", "-1s"}, err: "negative"},
+		{name: "socket beside TCP", argv: []string{"-socket", "/run/skr/skr.sock", "-socket-uids", "1000, 1001"}, check: func(t *testing.T, c *serverConfig) {
+			if c.NoTCP || c.Socket != "/run/skr/skr.sock" || len(c.SocketUIDs) != 2 || c.SocketUIDs[1] != 1001 {
+				t.Errorf("socket: %+v", c)
+			}
+		}},
+		{name: "socket only", argv: []string{"-port", "0"}, env: map[string]string{"SKR_SOCKET": "/s", "SKR_SOCKET_UIDS": "0"}, check: func(t *testing.T, c *serverConfig) {
+			if !c.NoTCP || c.Socket != "/s" || len(c.SocketUIDs) != 1 || c.SocketUIDs[0] != 0 {
+				t.Errorf("socket only: %+v", c)
+			}
+		}},
+		{name: "port 0 without socket", argv: []string{"-port", "0"}, err: "no -socket"},
+		{name: "uids without socket", argv: []string{"-socket-uids", "1000"}, err: "without -socket"},
+		{name: "bad uid", argv: []string{"-socket", "/s", "-socket-uids", "root"}, err: "numeric user id"},
 		{name: "unknown flag", argv: []string{"-bogus"}, err: "not defined"},
 		{name: "too many arguments", argv: []string{"a", "1", "x"}, err: "too many"},
 	}
@@ -214,10 +242,165 @@ func TestServeDrainsAndStopsOnCancel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("serve returned %v after cancel", err)
 		}
-	case <-time.After(shutdownGrace + 2*time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not return after cancel")
 	}
 	if _, err := http.Get("http://" + addr + "/status"); err == nil {
 		t.Error("server still answers after shutdown")
+	}
+}
+
+// gatedTEE holds every report until gate closes or the request gives up,
+// and says when a request has reached it.
+type gatedTEE struct {
+	teeDevice
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gatedTEE) GetReport(ctx context.Context, rd [64]byte) ([]byte, error) {
+	g.entered <- struct{}{}
+	select {
+	case <-g.gate:
+		return g.teeDevice.GetReport(ctx, rd)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// shutdownServer is a server whose signals and clock the test drives.
+type shutdownServer struct {
+	addr    string
+	tee     *gatedTEE
+	signals chan os.Signal
+	clock   *fakeClock
+	done    chan error
+	logs    *syncBuffer
+}
+
+func startShutdownServer(t *testing.T, grace time.Duration) *shutdownServer {
+	t.Helper()
+	gi := absentGuestInterfaces(t)
+	s := &shutdownServer{
+		tee:     &gatedTEE{teeDevice: newTestEmulator(t, nil), entered: make(chan struct{}, 16), gate: make(chan struct{})},
+		signals: make(chan os.Signal, 2),
+		clock:   newFakeClock(),
+		done:    make(chan error, 1),
+		logs:    &syncBuffer{},
+	}
+	opts := serverOptions{TEE: s.tee, Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi,
+		Signals: s.signals, Clock: s.clock}
+	ready := make(chan string, 1)
+	go func() {
+		s.done <- serve(context.Background(), serverConfig{ShutdownGrace: grace}, newLogger(s.logs, levelTrace), opts, ready)
+	}()
+	s.addr = <-ready
+	t.Cleanup(func() {
+		// Two signals end serve at once, if the test has not ended it.
+		s.signals <- syscall.SIGTERM
+		s.signals <- syscall.SIGTERM
+	})
+	return s
+}
+
+// attestInFlight starts an /attest/raw and returns once the request holds
+// the device; the answer comes on the channel (status, body, or err).
+func (s *shutdownServer) attestInFlight(t *testing.T) chan rawAnswer {
+	t.Helper()
+	out := make(chan rawAnswer, 1)
+	go func() {
+		resp, err := http.Post("http://"+s.addr+"/attest/raw", "application/json", strings.NewReader(`{"runtime_data":"aGVsbG8="}`))
+		if err != nil {
+			out <- rawAnswer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		out <- rawAnswer{status: resp.StatusCode, body: string(body), err: err}
+	}()
+	<-s.tee.entered
+	return out
+}
+
+type rawAnswer struct {
+	status int
+	body   string
+	err    error
+}
+
+// waitDraining waits until the server takes no new connections.
+func (s *shutdownServer) waitDraining(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the listener to close", func() bool {
+		c, err := net.Dial("tcp", s.addr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+}
+
+// A request still running when the grace is over gets a 503 "shutting
+// down", not a cut connection; then serve returns.
+func TestShutdownAnswers503AfterGrace(t *testing.T) {
+	t.Parallel()
+	const grace = 10 * time.Second
+	s := startShutdownServer(t, grace)
+	answer := s.attestInFlight(t)
+	s.signals <- syscall.SIGTERM
+	s.waitDraining(t)
+	s.clock.Advance(grace - time.Millisecond)
+	select {
+	case a := <-answer:
+		t.Fatalf("answered within the grace: %+v", a)
+	default:
+	}
+	s.clock.Advance(time.Millisecond)
+	a := <-answer
+	if a.err != nil || a.status != http.StatusServiceUnavailable || strings.TrimSpace(a.body) != `{"error":"shutting down"}` {
+		t.Fatalf("answer at the end of the grace: %+v", a)
+	}
+	if err := <-s.done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if !strings.Contains(s.logs.String(), "shutdown grace over") {
+		t.Errorf("the log does not say the grace ran out:\n%s", s.logs)
+	}
+}
+
+// Within the grace a request finishes as usual.
+func TestShutdownLetsRequestsFinishWithinGrace(t *testing.T) {
+	t.Parallel()
+	s := startShutdownServer(t, time.Minute)
+	answer := s.attestInFlight(t)
+	s.signals <- syscall.SIGINT
+	s.waitDraining(t)
+	close(s.tee.gate)
+	if a := <-answer; a.err != nil || a.status != http.StatusOK || !strings.Contains(a.body, `"report"`) {
+		t.Fatalf("answer within the grace: %+v", a)
+	}
+	if err := <-s.done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+}
+
+// A second signal ends serve at once, with the grace far from over.
+func TestShutdownSecondSignalStopsAtOnce(t *testing.T) {
+	t.Parallel()
+	s := startShutdownServer(t, time.Hour)
+	answer := s.attestInFlight(t)
+	s.signals <- syscall.SIGTERM
+	s.waitDraining(t)
+	s.signals <- syscall.SIGINT
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve still runs after a second signal")
+	}
+	if a := <-answer; a.err == nil && a.status == http.StatusOK {
+		t.Fatalf("the request was answered normally: %+v", a)
 	}
 }

@@ -22,6 +22,10 @@ import (
 // legitimate answers (KDS chains, release JWS with x5c) are a few tens of KiB.
 const maxUpstreamBody = 4 << 20
 
+// maxIdleUpstreamConns bounds the connections to upstream services kept
+// open for reuse, all hosts together.
+const maxIdleUpstreamConns = 32
+
 // upstreamError is a final non-2xx answer from an upstream service, after
 // retries. Body, Code and Message are bounded and redacted: a service (or
 // anything posing as one) that echoes the request back must not get a
@@ -271,6 +275,14 @@ func newUpstreamClient(roots *x509.CertPool) *http.Client {
 	}
 	tr.ResponseHeaderTimeout = 20 * time.Second
 	tr.TLSHandshakeTimeout = 10 * time.Second
+	// Callers choose the MAA and vault hosts, so the connections kept open
+	// for reuse must be bounded across all hosts, not per host: HTTP/1.1
+	// idle connections obey MaxIdleConns (oldest closed first), while
+	// HTTP/2 connections would stay, one per host ever called, until they
+	// time out.
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetHTTP1(true)
+	tr.MaxIdleConns = maxIdleUpstreamConns
 	tr.MaxIdleConnsPerHost = 16
 	return &http.Client{
 		Transport: tr,
