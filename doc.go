@@ -20,10 +20,13 @@
 // `skr serve` reads its settings in config.go (flags, their environment
 // variables, SkrSideCarArgs) and what the platform says about the container
 // group in seccontext.go (security policy, host certificates, reference
-// info); server.go builds the server from them and listens; api.go holds the
-// routes, /status, the JSON request and error plumbing, and statusFor, the
-// one place where a typed error from errors.go becomes an HTTP status.
-// attest.go serves the /attest/* endpoints, release.go /key/release.
+// info); server.go builds the server from them, listens (socket.go for the
+// optional Unix socket and its peer check) and drains on shutdown; api.go
+// holds the routes, the refusal of browser requests, /status, the JSON
+// request and error plumbing, and statusFor, the one place where a typed
+// error from errors.go becomes an HTTP status. attest.go serves the
+// /attest/* endpoints, release.go /key/release; allow.go holds the
+// SkrSideCarArgs allow lists both check first.
 //
 // # A key release, step by step
 //
@@ -39,10 +42,12 @@
 //  4. releaser.go and keypool.go: the credential to release with, an
 //     RSA wrapping key from a pool that generates them ahead of need,
 //     together with an MAA token over its public JWK Set. A credential
-//     serves further releases to the same MAA for a while
-//     (-wrapping-key-ttl, never past the token's exp); one attestation per
-//     MAA host is in flight at a time, shared by every request waiting for
-//     it.
+//     serves further releases from Key Vault and Managed HSM hosts to the
+//     same MAA for a while (-wrapping-key-ttl, never past the token's exp),
+//     for a bounded number of MAA hosts; one attestation per MAA host is
+//     in flight at a time, shared by every request waiting for it, and the
+//     attestations in flight are bounded in total. Any other vault host
+//     gets a credential of its own, used once.
 //  5. attest.go, evidence: a report whose REPORT_DATA is the sha256 of that
 //     JWK Set. tee.go picks the guest interface; each has its file:
 //     tee_tsm.go (configfs-tsm), tee_sevguest.go (/dev/sev-guest),
