@@ -116,7 +116,7 @@ func planKey(p *importPlan, k importKeySpec) error {
 	if p.KID == "" {
 		return errors.New("key.kid is missing: set the key's name in the vault")
 	}
-	if !keyNamePattern.MatchString(p.KID) {
+	if !isKeyName(p.KID) {
 		return fmt.Errorf("key.kid %q is not a Key Vault key name (1-127 letters, digits and '-')", p.KID)
 	}
 	switch p.KTY {
@@ -154,7 +154,7 @@ func planVault(p *importPlan, k importKeySpec) error {
 	if p.APIVersion == "" {
 		p.APIVersion = defaultVaultAPIVersion
 	}
-	if !apiVersionPattern.MatchString(p.APIVersion) {
+	if !isVaultAPIVersion(p.APIVersion) {
 		return fmt.Errorf("key.akv.api_version %q is not an API version such as 7.4", vault.APIVersion)
 	}
 	p.BearerToken = strings.TrimSpace(vault.BearerToken)

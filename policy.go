@@ -124,7 +124,7 @@ func checkClaim(c releaseClaim) error {
 	}
 	switch v := v.(type) {
 	case string:
-		if c.Claim == hostDataClaim && !lowerHex64.MatchString(v) {
+		if c.Claim == hostDataClaim && !isLowerHex64(v) {
 			return fmt.Errorf("%s %q is not 64 lower-case hex digits: compute it with skr digest -f POLICY.base64", hostDataClaim, v)
 		}
 	case bool, float64:
