@@ -46,6 +46,8 @@ var emulatedTCB = tcbParts{BL: 4, TEE: 0, SNP: 0x18, Ucode: 0xDB}
 // emulatorIdentity is one emulated machine: its keys, chain and per-run
 // identifiers. Made once per run, in the background.
 type emulatorIdentity struct {
+	kg    *keygen
+	task  *keygenTask   // making it; nil when made otherwise
 	ready chan struct{} // closed when the fields below are set
 	err   error
 
@@ -57,11 +59,12 @@ type emulatorIdentity struct {
 	took        time.Duration
 }
 
-// newEmulatorIdentity starts making an identity and returns at once:
-// generating RSA keys must not delay start-up or /status.
-func newEmulatorIdentity(rsaBits int, log *slog.Logger) *emulatorIdentity {
-	id := &emulatorIdentity{ready: make(chan struct{})}
-	go func() {
+// newEmulatorIdentity queues making an identity as background work for
+// kg and returns at once: generating RSA keys must not delay start-up or
+// /status. The first report hurries it.
+func newEmulatorIdentity(rsaBits int, kg *keygen, log *slog.Logger) *emulatorIdentity {
+	id := &emulatorIdentity{kg: kg, ready: make(chan struct{})}
+	id.task = kg.background(func() {
 		start := time.Now()
 		id.err = id.generate(rsaBits)
 		id.took = time.Since(start)
@@ -72,12 +75,20 @@ func newEmulatorIdentity(rsaBits int, log *slog.Logger) *emulatorIdentity {
 			log.Info("SNP emulator ready: emulated VCEK, ASK and ARK made", "duration", id.took.Round(time.Millisecond), "tcb", fmt.Sprintf("%016x", id.certs.TCB))
 		}
 		close(id.ready)
-	}()
+	})
 	return id
 }
 
 // wait blocks until the identity is made or ctx ends.
 func (id *emulatorIdentity) wait(ctx context.Context) error {
+	select {
+	case <-id.ready:
+		return id.err
+	default:
+	}
+	if id.task != nil {
+		id.kg.hurry(id.task)
+	}
 	select {
 	case <-id.ready:
 		return id.err
@@ -241,7 +252,11 @@ func newEmulator(opts teeOptions) *emulator {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return newEmulatorWith(newEmulatorIdentity(emulatedRSABits, log), opts.SecurityPolicy)
+	kg := opts.Keygen
+	if kg == nil {
+		kg = newKeygen()
+	}
+	return newEmulatorWith(newEmulatorIdentity(emulatedRSABits, kg, log), opts.SecurityPolicy)
 }
 
 // newEmulatorWith binds an identity to one security policy: HOST_DATA is
@@ -257,6 +272,10 @@ func newEmulatorWith(id *emulatorIdentity, policy []byte) *emulator {
 func (e *emulator) Name() string { return "emulator" }
 
 func (e *emulator) Emulated() bool { return true }
+
+// concurrentReports: the emulator's identity is read-only once made, and
+// each report is a buffer of its own.
+func (e *emulator) concurrentReports() {}
 
 func (e *emulator) PlatformCerts(ctx context.Context) (*platformCerts, error) {
 	if err := e.id.wait(ctx); err != nil {

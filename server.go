@@ -54,12 +54,13 @@ type server struct {
 	client *http.Client // for every upstream service
 	tokens *tokenProvider
 	rel    *releaser
+	keygen *keygen // runs the key generation done ahead of need
 
 	deviceMu sync.Mutex // serializes guest device commands
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now()}
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(), keygen: newKeygen()}
 	if opts.Retry != nil {
 		s.retry = *opts.Retry
 	}
@@ -88,7 +89,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		if opts.GuestInterfaces != nil {
 			gi = *opts.GuestInterfaces
 		}
-		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
+		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log, Keygen: s.keygen}, gi)
 	}
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.certs.retry = s.retry
@@ -104,6 +105,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Timeout: s.timeout,
 		Attest:  s.attestForRelease,
 		NewKey:  opts.WrappingKeys,
+		Keygen:  s.keygen,
 		Log:     log,
 		Clock:   opts.Clock,
 	})
@@ -201,6 +203,11 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 	}
 	s.logStart(ls)
 	srv := newHTTPServer(s.routes(), log)
+	srv.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateIdle || state == http.StateClosed { // a request was answered, or a connection ended
+			s.keygen.requestAnswered()
+		}
+	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()
