@@ -31,11 +31,7 @@ func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *sn
 		return nil, nil, err
 	}
 	rd := reportDataFor(runtimeData)
-	// One command at a time: the SNP guest channel has one message sequence
-	// number, and the ioctl paths must not interleave.
-	s.deviceMu.Lock()
-	raw, err := s.tee.GetReport(ctx, rd)
-	s.deviceMu.Unlock()
+	raw, err := s.deviceReport(ctx, rd)
 	if err != nil {
 		kind := kindInternal
 		if isTimeout(err) { // waiting for the device (pacing, emulator keys)
@@ -51,6 +47,19 @@ func (s *server) rawReport(ctx context.Context, runtimeData []byte) ([]byte, *sn
 		return nil, nil, newError(kindInternal, nil, "%s returned a report whose REPORT_DATA is not the one asked for", s.tee.Name())
 	}
 	return raw, rep, nil
+}
+
+// deviceReport asks the device for one report, one command at a time: the
+// SNP guest channel has one message sequence number, and the ioctl paths
+// must not interleave. A device that is safe to use concurrently (the
+// emulator, which only signs in software) is asked without the lock, so
+// that reports are signed on every core.
+func (s *server) deviceReport(ctx context.Context, rd [64]byte) ([]byte, error) {
+	if _, ok := s.tee.(concurrentDevice); !ok {
+		s.deviceMu.Lock()
+		defer s.deviceMu.Unlock()
+	}
+	return s.tee.GetReport(ctx, rd)
 }
 
 // evidence gets a report over runtimeData with the certificates that match
