@@ -182,3 +182,19 @@ func TestKeygenCancel(t *testing.T) {
 	}
 	p.finish("b")
 }
+
+// With one scheduler, the server's first answer starts background work.
+func TestServerFirstAnswerStartsBackgroundWork(t *testing.T) {
+	t.Parallel()
+	kg, p := testKeygen(1), newTaskProbe()
+	url, _ := startTestServer(t, serverConfig{}, serverOptions{Keygen: kg, WrappingKeys: testWrappingKeys(t)})
+	kg.background(p.task("spare"))
+	if running(kg) != 0 {
+		t.Fatal("background work started before any answer")
+	}
+	if code, _ := call(t, "GET", url+"/status", ""); code != 200 {
+		t.Fatalf("/status: %d", code)
+	}
+	p.awaitStart(t)
+	p.finish("spare")
+}

@@ -35,6 +35,7 @@ type serverOptions struct {
 	Retry        *retryPolicy
 	WrappingKeys func() (*wrappingKey, error)
 	Clock        clock
+	Keygen       *keygen // where keys are made ahead of need; nil = newKeygen()
 }
 
 // server holds everything the handlers share.
@@ -60,7 +61,10 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(), keygen: newKeygen()}
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(), keygen: opts.Keygen}
+	if s.keygen == nil {
+		s.keygen = newKeygen()
+	}
 	if opts.Retry != nil {
 		s.retry = *opts.Retry
 	}
