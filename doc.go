@@ -37,12 +37,13 @@
 //     IMDS; tokens are cached and given only to Key Vault or Managed HSM
 //     hosts.
 //  4. releaser.go and keypool.go: the credential to release with, an
-//     RSA wrapping key from a pool that generates them ahead of need,
-//     together with an MAA token over its public JWK Set. A credential
-//     serves further releases to the same MAA for a while
-//     (-wrapping-key-ttl, never past the token's exp); one attestation per
-//     MAA host is in flight at a time, shared by every request waiting for
-//     it.
+//     RSA wrapping key from a pool that generates them ahead of need
+//     (keygen.go decides when: never in the way of an answer, on every
+//     core when releases wait for keys), together with an MAA token over
+//     its public JWK Set. A credential serves further releases to the
+//     same MAA for a while (-wrapping-key-ttl, never past the token's exp);
+//     one attestation per MAA host is in flight at a time, shared by every
+//     request waiting for it.
 //  5. attest.go, evidence: a report whose REPORT_DATA is the sha256 of that
 //     JWK Set. tee.go picks the guest interface; each has its file:
 //     tee_tsm.go (configfs-tsm), tee_sevguest.go (/dev/sev-guest),

@@ -249,7 +249,7 @@ func waitForStatus(t *testing.T, url string, logs *syncBuffer) {
 	t.Fatalf("the server in the chroot did not answer /status in 30 s; its log:\n%s", logs.String())
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
