@@ -138,6 +138,7 @@ func (p *keyPool) take(ctx context.Context) (*wrappingKey, error) {
 		return nil, errReleaserClosed
 	}
 	p.noteTakeLocked()
+	p.dropOldSparesLocked()
 	if len(p.spares) > 0 {
 		s := p.spares[0]
 		p.spares = slices.Delete(p.spares, 0, 1)
@@ -276,6 +277,19 @@ func (p *keyPool) addLocked(k *wrappingKey) {
 	s := &spareKey{key: k}
 	s.stop = p.clock.AfterFunc(life, func() { p.expire(s) })
 	p.spares = append(p.spares, s)
+}
+
+// dropOldSparesLocked destroys the spares that have reached their maximum
+// age, should their timers be late.
+func (p *keyPool) dropOldSparesLocked() {
+	now := p.clock.Now()
+	for len(p.spares) > 0 && !now.Before(p.spares[0].key.made.Add(spareKeyMaxAge)) {
+		s := p.spares[0]
+		p.spares = slices.Delete(p.spares, 0, 1)
+		s.stop()
+		s.key.destroy()
+		p.counts.Expired++
+	}
 }
 
 // expire destroys a spare that has reached its maximum age unused.

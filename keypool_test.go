@@ -303,3 +303,26 @@ func TestKeyPoolCloseDestroysSpares(t *testing.T) {
 		t.Fatalf("made %d keys; the spare kept its private key after close", len(made))
 	}
 }
+
+// A spare whose timer is late is not handed out past its maximum age.
+func TestKeyPoolLateTimerDoesNotExtendAge(t *testing.T) {
+	t.Parallel()
+	f := newKeyFactory(t)
+	clk := &lateClock{fakeClock: newFakeClock()}
+	p := newTestPool(t, f, testKeygen(2), clk)
+	eventually(t, "a spare", func() bool { return spares(p) == 1 })
+	clk.Advance(spareKeyMaxAge)
+	k, err := p.take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	made, _, _ := f.snapshot()
+	if k == made[0] || made[0].priv != nil {
+		t.Fatal("a spare past its maximum age was handed out or kept")
+	}
+}
+
+// lateClock's timers never fire, as if the scheduler were late.
+type lateClock struct{ *fakeClock }
+
+func (lateClock) AfterFunc(time.Duration, func()) func() bool { return func() bool { return true } }
