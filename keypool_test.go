@@ -65,6 +65,17 @@ func newTestPool(t *testing.T, f *keyFactory, kg *keygen, c clock) *keyPool {
 	return p
 }
 
+// newGatedPool is a pool on two schedulers whose generations each wait
+// for a value on f.gate.
+func newGatedPool(t *testing.T) (*keyFactory, *keyPool) {
+	t.Helper()
+	f := newKeyFactory(t)
+	f.gate = make(chan struct{})
+	p := newTestPool(t, f, testKeygen(2), newFakeClock())
+	t.Cleanup(f.openGate) // before the pool's close, which waits for the generations
+	return f, p
+}
+
 // eventually waits for cond, which background key generation makes true.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -174,10 +185,7 @@ func waitIdle(t *testing.T, p *keyPool) {
 // after the other, and never on more schedulers than there are.
 func TestKeyPoolWaitersGetKeysInParallel(t *testing.T) {
 	t.Parallel()
-	f := newKeyFactory(t)
-	f.gate = make(chan struct{})
-	p := newTestPool(t, f, testKeygen(2), newFakeClock())
-	t.Cleanup(f.openGate) // before the pool's close, which waits for the generations
+	f, p := newGatedPool(t)
 	const n = 4
 	got := make(chan error, n)
 	for range n {
@@ -219,10 +227,7 @@ func TestKeyPoolSingleSchedulerTakeDoesNotWaitForTheFirstAnswer(t *testing.T) {
 // A key made for a taker that gave up was never used: it serves the next.
 func TestKeyPoolAbandonedWaitKeepsTheKey(t *testing.T) {
 	t.Parallel()
-	f := newKeyFactory(t)
-	f.gate = make(chan struct{})
-	p := newTestPool(t, f, testKeygen(2), newFakeClock())
-	t.Cleanup(f.openGate) // before the pool's close, which waits for the generations
+	f, p := newGatedPool(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
