@@ -395,3 +395,91 @@ func TestAttestDeviceTimeoutIs504(t *testing.T) {
 		}
 	}
 }
+
+// lockProbe is a device that notes whether the server's device lock is
+// held while it is asked for a report.
+type lockProbe struct {
+	teeDevice
+	s          *server
+	lockedHeld bool
+}
+
+func (p *lockProbe) GetReport(ctx context.Context, rd [64]byte) ([]byte, error) {
+	if p.s.deviceMu.TryLock() {
+		p.s.deviceMu.Unlock()
+	} else {
+		p.lockedHeld = true
+	}
+	return p.teeDevice.GetReport(ctx, rd)
+}
+
+// concurrentLockProbe is a lockProbe for a device marked concurrent.
+type concurrentLockProbe struct{ *lockProbe }
+
+func (concurrentLockProbe) concurrentReports() {}
+
+// The emulator is asked for reports without the device lock, so that they
+// are signed on every core; every other device, wrapped emulators
+// included, one command at a time.
+func TestDeviceLockOnlyForDevicesThatNeedIt(t *testing.T) {
+	t.Parallel()
+	emu := newTestEmulator(t, nil)
+	if _, ok := emu.(concurrentDevice); !ok {
+		t.Fatal("the emulator is not marked safe for concurrent reports")
+	}
+	if _, ok := teeDevice(deviceWithCerts{emu, nil}).(concurrentDevice); ok {
+		t.Fatal("a wrapped device kept the mark")
+	}
+	for _, concurrent := range []bool{false, true} {
+		s := &server{}
+		probe := &lockProbe{teeDevice: emu, s: s}
+		s.tee = probe
+		if concurrent {
+			s.tee = concurrentLockProbe{probe}
+		}
+		if _, err := s.deviceReport(context.Background(), [64]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if probe.lockedHeld == concurrent {
+			t.Fatalf("concurrent device %v: lock held while asked = %v", concurrent, probe.lockedHeld)
+		}
+	}
+}
+
+// BenchmarkAttestRawParallel: /attest/raw requests per second through the
+// real server, from 4×GOMAXPROCS clients in this process, with the emulator.
+func BenchmarkAttestRawParallel(b *testing.B) {
+	url, _ := startTestServer(b, serverConfig{Emulate: true, LogLevel: slog.LevelError}, serverOptions{
+		TEE:          newTestEmulator(b, testPolicy),
+		WrappingKeys: testWrappingKeys(b), // no RSA generation in the figures
+	})
+	body := `{"runtime_data":"eyJrZXlzIjpbXX0="}`
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	post := func() error {
+		resp, err := client.Post(url+"/attest/raw", "application/json", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("attest/raw: %s", resp.Status)
+		}
+		return nil
+	}
+	if err := post(); err != nil { // warm up: the emulator's keys
+		b.Fatal(err)
+	}
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := post(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	client.CloseIdleConnections()
+}

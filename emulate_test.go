@@ -271,7 +271,7 @@ func TestStatusDoesNotWaitForEmulatorKeys(t *testing.T) {
 func TestEmulatorLogsNothingSecret(t *testing.T) {
 	t.Parallel()
 	var logs syncBuffer
-	id := newEmulatorIdentity(2048, newLogger(&logs, levelTrace))
+	id := newEmulatorIdentity(2048, newKeygen(), newLogger(&logs, levelTrace))
 	if err := id.wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -1199,7 +1199,7 @@ func FuzzDecodeKeyReleaseRequest(f *testing.F) {
 			}
 			return
 		}
-		if !keyNamePattern.MatchString(p.Key.Name) || strings.ContainsAny(p.MAAHost+p.VaultHost, "/?#@ ") || p.MAAHost == "" || p.VaultHost == "" {
+		if !isKeyName(p.Key.Name) || strings.ContainsAny(p.MAAHost+p.VaultHost, "/?#@ ") || p.MAAHost == "" || p.VaultHost == "" {
 			t.Fatalf("accepted unsafe request %+v", p)
 		}
 		for _, c := range []byte(p.AccessToken) {

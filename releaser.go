@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -54,6 +55,7 @@ type releaserConfig struct {
 	Timeout time.Duration // bound of one shared attestation
 	Attest  attestFunc
 	NewKey  func() (*wrappingKey, error) // how the key pool makes keys; nil = newWrappingKey
+	Keygen  *keygen                      // where the key pool makes them; nil = a keygen of its own
 	Log     *slog.Logger                 // nil = discard
 	Clock   clock                        // nil = the system clock
 
@@ -89,6 +91,8 @@ type releaser struct {
 	current map[string]*releaseCredential // by MAA host; at most cfg.MaxCached
 	uses    uint64                        // credentials handed out from current
 	closed  bool
+
+	reused, attested atomic.Uint64 // credentials handed out again, and made
 }
 
 func newReleaser(cfg releaserConfig) *releaser {
@@ -104,10 +108,13 @@ func newReleaser(cfg releaserConfig) *releaser {
 	cfg.MaxCached = cmp.Or(cfg.MaxCached, maxCachedCredentials)
 	cfg.MaxAttestations = cmp.Or(cfg.MaxAttestations, maxAttestations)
 	cfg.MaxAttestationsPerHost = cmp.Or(cfg.MaxAttestationsPerHost, maxAttestationsPerMAAHost)
+	if cfg.Keygen == nil {
+		cfg.Keygen = newKeygen()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &releaser{
 		cfg:     cfg,
-		pool:    newKeyPool(cfg.NewKey, cfg.Log),
+		pool:    newKeyPool(cfg.NewKey, cfg.Keygen, cfg.Clock, cfg.Log),
 		slots:   attestSlots{total: cfg.MaxAttestations, perHost: cfg.MaxAttestationsPerHost},
 		cancel:  cancel,
 		current: map[string]*releaseCredential{},
@@ -118,6 +125,17 @@ func newReleaser(cfg releaserConfig) *releaser {
 	// nothing more.
 	r.flights = flight[string, *releaseCredential]{base: ctx, timeout: cfg.Timeout, endAbandoned: true, settle: r.settle, abandon: r.put}
 	return r
+}
+
+// releaserStats say how releases got their credentials, for diagnostics.
+type releaserStats struct {
+	Reused   uint64 // releases served by a credential made for an earlier one
+	Attested uint64 // credentials made: wrapping keys attested at MAA
+	Pool     keyPoolStats
+}
+
+func (r *releaser) stats() releaserStats {
+	return releaserStats{Reused: r.reused.Load(), Attested: r.attested.Load(), Pool: r.pool.stats()}
 }
 
 // Close drops every wrapping key from memory.
@@ -155,6 +173,7 @@ func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCr
 		}
 		c.refs++
 		reused = true
+		r.reused.Add(1)
 		return c, true
 	}
 	c, err := r.flights.do(ctx, host, live, func(ctx context.Context) (*releaseCredential, error) { return r.attest(ctx, host) })
@@ -258,6 +277,7 @@ func (r *releaser) attest(ctx context.Context, host string) (*releaseCredential,
 		key.destroy()
 		return nil, err
 	}
+	r.attested.Add(1)
 	now := r.cfg.Clock.Now()
 	until := reuseUntil(now, r.cfg.TTL, a.expires)
 	r.cfg.Log.Debug("wrapping key attested", "step", "MAA", "maa_endpoint", host, "wrapping_kid", key.kid,

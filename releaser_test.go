@@ -117,7 +117,9 @@ func TestReleaserBoundsCacheAndAttestationsUnderManyNames(t *testing.T) {
 	}
 	waitFor(t, "the attestations beyond the bound to wait", func() bool {
 		inUse, waiting := r.slotCounts()
-		return inUse == maxAttestations && waiting == names-maxAttestations
+		// A slot is taken before the wrapping key: the attestation itself
+		// starts once the key pool has handed one out.
+		return inUse == maxAttestations && waiting == names-maxAttestations && a.calls.Load() == maxAttestations
 	})
 	if got := a.calls.Load(); got != maxAttestations {
 		t.Fatalf("%d attestations started for %d names, want %d", got, names, maxAttestations)

@@ -45,6 +45,7 @@ type serverOptions struct {
 	// end of serve's ctx does), a second one during it stops at once.
 	// The clock above times the drain.
 	Signals <-chan os.Signal
+	Keygen  *keygen // where keys are made ahead of need; nil = newKeygen()
 }
 
 // server holds everything the handlers share.
@@ -64,6 +65,7 @@ type server struct {
 	client  *http.Client // for every upstream service
 	tokens  *tokenProvider
 	rel     *releaser
+	keygen  *keygen        // runs the key generation done ahead of need
 	azure   *emulatedAzure // the emulated MAA and vaults; nil without -emulate
 	metrics *metrics
 	clock   clock
@@ -77,7 +79,10 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now()}
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(), keygen: opts.Keygen}
+	if s.keygen == nil {
+		s.keygen = newKeygen()
+	}
 	if opts.Retry != nil {
 		s.retry = *opts.Retry
 	}
@@ -113,7 +118,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		if opts.GuestInterfaces != nil {
 			gi = *opts.GuestInterfaces
 		}
-		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
+		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log, Keygen: s.keygen}, gi)
 	}
 	s.startEmulatedAzure(opts.AzureKeys, opts.Roots)
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
@@ -138,6 +143,7 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 		Timeout: s.timeout,
 		Attest:  s.attestForRelease,
 		NewKey:  opts.WrappingKeys,
+		Keygen:  s.keygen,
 		Log:     log,
 		Clock:   opts.Clock,
 	})
@@ -262,6 +268,11 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 	s.logStart(ls)
 	srv := s.frontEnd()
 	srv.ConnContext = withPeer
+	srv.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateIdle || state == http.StateClosed { // a request was answered, or a connection ended
+			s.keygen.requestAnswered()
+		}
+	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()

@@ -358,7 +358,7 @@ var (
 func newTestEmulator(t testing.TB, policy []byte) teeDevice {
 	t.Helper()
 	testEmulatorOnce.Do(func() {
-		testEmulatorID = newEmulatorIdentity(2048, slog.New(slog.DiscardHandler))
+		testEmulatorID = newEmulatorIdentity(2048, newKeygen(), slog.New(slog.DiscardHandler))
 	})
 	return newEmulatorWith(testEmulatorID, policy)
 }
