@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -91,8 +90,6 @@ type releaser struct {
 	current map[string]*releaseCredential // by MAA host; at most cfg.MaxCached
 	uses    uint64                        // credentials handed out from current
 	closed  bool
-
-	reused, attested atomic.Uint64 // credentials handed out again, and made
 }
 
 func newReleaser(cfg releaserConfig) *releaser {
@@ -125,17 +122,6 @@ func newReleaser(cfg releaserConfig) *releaser {
 	// nothing more.
 	r.flights = flight[string, *releaseCredential]{base: ctx, timeout: cfg.Timeout, endAbandoned: true, settle: r.settle, abandon: r.put}
 	return r
-}
-
-// releaserStats say how releases got their credentials, for diagnostics.
-type releaserStats struct {
-	Reused   uint64 // releases served by a credential made for an earlier one
-	Attested uint64 // credentials made: wrapping keys attested at MAA
-	Pool     keyPoolStats
-}
-
-func (r *releaser) stats() releaserStats {
-	return releaserStats{Reused: r.reused.Load(), Attested: r.attested.Load(), Pool: r.pool.stats()}
 }
 
 // Close drops every wrapping key from memory.
@@ -173,7 +159,6 @@ func (r *releaser) credential(ctx context.Context, host string) (cred *releaseCr
 		}
 		c.refs++
 		reused = true
-		r.reused.Add(1)
 		return c, true
 	}
 	c, err := r.flights.do(ctx, host, live, func(ctx context.Context) (*releaseCredential, error) { return r.attest(ctx, host) })
@@ -277,7 +262,6 @@ func (r *releaser) attest(ctx context.Context, host string) (*releaseCredential,
 		key.destroy()
 		return nil, err
 	}
-	r.attested.Add(1)
 	now := r.cfg.Clock.Now()
 	until := reuseUntil(now, r.cfg.TTL, a.expires)
 	r.cfg.Log.Debug("wrapping key attested", "step", "MAA", "maa_endpoint", host, "wrapping_kid", key.kid,
