@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -79,65 +80,20 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(), keygen: opts.Keygen}
-	if s.keygen == nil {
-		s.keygen = newKeygen()
-	}
-	if opts.Retry != nil {
-		s.retry = *opts.Retry
-	}
-	s.metrics = newMetrics()
-	s.retry.OnRetry = s.metrics.retry
-	if s.getenv == nil {
-		s.getenv = os.Getenv
-	}
-	if s.timeout <= 0 {
-		s.timeout = 30 * time.Second
-	}
-	if s.cfg.Args == nil {
-		s.cfg.Args = &SkrSideCarArgs{}
-	}
-	s.clock = opts.Clock
-	if s.clock == nil {
-		s.clock = systemClock{}
-	}
-	s.stopping, s.stopRequests = context.WithCancel(context.Background())
-	root := opts.SecurityContextRoot
-	if root == "" {
-		root = "/"
-	}
+	s := newServerDefaults(cfg, log, opts)
+	root := cmp.Or(opts.SecurityContextRoot, "/")
 	var err error
 	if s.inputs, err = loadUVMInputs(s.getenv, root); err != nil {
 		return nil, err
 	}
 	s.client = newUpstreamClient(opts.Roots)
-
-	s.tee = opts.TEE
-	if s.tee == nil {
-		gi := defaultGuestInterfaces
-		if opts.GuestInterfaces != nil {
-			gi = *opts.GuestInterfaces
-		}
-		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log, Keygen: s.keygen}, gi)
-	}
+	s.openTEE(opts)
 	s.startEmulatedAzure(opts.AzureKeys, opts.Roots)
 	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
 	s.certs.retry = s.retry
 	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
 	s.certs.onFetch = s.metrics.certFetch
-	s.tokens = newTokenProvider(tokenConfig{
-		IdentityClientID: s.cfg.Args.Identity.ClientID,
-		Getenv:           s.getenv,
-		Client:           s.client,
-		Log:              log,
-		ExtraVaultHosts:  opts.IdentityTokenHosts,
-		Emulated:         s.emulatedIdentitySource,
-	})
-	if opts.TokenRetry != nil {
-		s.tokens.imdsRetry = opts.TokenRetry(s.tokens.imdsRetry)
-		s.tokens.entraRetry = opts.TokenRetry(s.tokens.entraRetry)
-	}
-	s.tokens.imdsRetry.OnRetry, s.tokens.entraRetry.OnRetry = s.metrics.retry, s.metrics.retry
+	s.tokens = s.newTokenProvider(opts)
 	s.rel = newReleaser(releaserConfig{
 		TTL:     cfg.WrappingKeyTTL,
 		Timeout: s.timeout,
@@ -149,6 +105,66 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	})
 	s.metrics.wrappingKeysReady = s.rel.pool.spareCount
 	return s, nil
+}
+
+// newServerDefaults is the server with what the options leave out filled
+// in, before anything is opened or started.
+func newServerDefaults(cfg serverConfig, log *slog.Logger, opts serverOptions) *server {
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(),
+		keygen: opts.Keygen, clock: opts.Clock, metrics: newMetrics()}
+	if s.keygen == nil {
+		s.keygen = newKeygen()
+	}
+	if opts.Retry != nil {
+		s.retry = *opts.Retry
+	}
+	s.retry.OnRetry = s.metrics.retry
+	if s.getenv == nil {
+		s.getenv = os.Getenv
+	}
+	if s.timeout <= 0 {
+		s.timeout = 30 * time.Second
+	}
+	if s.cfg.Args == nil {
+		s.cfg.Args = &SkrSideCarArgs{}
+	}
+	if s.clock == nil {
+		s.clock = systemClock{}
+	}
+	s.stopping, s.stopRequests = context.WithCancel(context.Background())
+	return s
+}
+
+// openTEE takes the guest interface the options give, else finds one (or
+// the emulator).
+func (s *server) openTEE(opts serverOptions) {
+	s.tee = opts.TEE
+	if s.tee != nil {
+		return
+	}
+	gi := defaultGuestInterfaces
+	if opts.GuestInterfaces != nil {
+		gi = *opts.GuestInterfaces
+	}
+	s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: s.cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: s.log, Keygen: s.keygen}, gi)
+}
+
+// newTokenProvider is where the bearer tokens for the vaults come from.
+func (s *server) newTokenProvider(opts serverOptions) *tokenProvider {
+	tokens := newTokenProvider(tokenConfig{
+		IdentityClientID: s.cfg.Args.Identity.ClientID,
+		Getenv:           s.getenv,
+		Client:           s.client,
+		Log:              s.log,
+		ExtraVaultHosts:  opts.IdentityTokenHosts,
+		Emulated:         s.emulatedIdentitySource,
+	})
+	if opts.TokenRetry != nil {
+		tokens.imdsRetry = opts.TokenRetry(tokens.imdsRetry)
+		tokens.entraRetry = opts.TokenRetry(tokens.entraRetry)
+	}
+	tokens.imdsRetry.OnRetry, tokens.entraRetry.OnRetry = s.metrics.retry, s.metrics.retry
+	return tokens
 }
 
 // localPlatformCerts returns how to get the certificates handed to the
