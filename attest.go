@@ -185,6 +185,11 @@ func (s *server) handleAttestMAA(w http.ResponseWriter, r *http.Request) {
 			if err := s.cfg.Args.Allow.permitMAA(p.Host); err != nil {
 				return nil, "allow", err
 			}
+			done, err := s.rel.attestSlot(ctx, p.Host)
+			if err != nil {
+				return nil, "MAA", err
+			}
+			defer done()
 			ev, err := s.evidence(ctx, p.RuntimeData)
 			if err != nil {
 				return nil, "evidence", err

@@ -217,7 +217,11 @@ func (s *server) runGRPC(r *http.Request, st *grpcStream, m grpcMethod) error {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
+	defer context.AfterFunc(s.stopping, cancel)()
 	err := m(ctx, st)
+	if err != nil && s.stopping.Err() != nil {
+		return errShuttingDown // the shutdown grace is over
+	}
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil {
 		return newError(kindTimeout, err, "deadline of %v exceeded", timeout)
 	}

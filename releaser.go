@@ -247,11 +247,11 @@ func (r *releaser) evictLocked() {
 // attest takes a fresh wrapping key and gets an MAA token over its JWK Set,
 // once a slot for it is free.
 func (r *releaser) attest(ctx context.Context, host string) (*releaseCredential, error) {
-	if err := r.slots.acquire(ctx, host); err != nil {
-		return nil, fmt.Errorf("MAA attestation at %s: wait for one of the %d attestations in flight (%d per MAA endpoint) to end: %w",
-			host, r.slots.total, r.slots.perHost, err)
+	done, err := r.attestSlot(ctx, host)
+	if err != nil {
+		return nil, err
 	}
-	defer r.slots.release(host)
+	defer done()
 	start := time.Now()
 	key, err := r.pool.take(ctx)
 	if err != nil {
@@ -315,6 +315,16 @@ func (r *releaser) expire(host string, c *releaseCredential) {
 	if !c.retired {
 		r.retireLocked(c)
 	}
+}
+
+// attestSlot waits for room for one more attestation at host (every
+// attestation takes one, /attest/maa's too); done gives it back.
+func (r *releaser) attestSlot(ctx context.Context, host string) (done func(), err error) {
+	if err := r.slots.acquire(ctx, host); err != nil {
+		return nil, fmt.Errorf("MAA attestation at %s: wait for one of the %d attestations in flight (%d per MAA endpoint) to end: %w",
+			host, r.slots.total, r.slots.perHost, err)
+	}
+	return func() { r.slots.release(host) }, nil
 }
 
 // attestSlots bounds the attestations in flight, in total and per MAA

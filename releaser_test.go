@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -351,5 +352,39 @@ func TestKeyReleaseRogueVaultGetsFreshCredential(t *testing.T) {
 	}
 	if !found {
 		t.Error("no log line for the rogue releases")
+	}
+}
+
+// /attest/maa attestations count against the same bound as the releases'.
+func TestAttestMAASharesTheAttestationBound(t *testing.T) {
+	t.Parallel()
+	tee := &gatedTEE{teeDevice: newTestEmulator(t, nil), entered: make(chan struct{}, 64), gate: make(chan struct{})}
+	gi := absentGuestInterfaces(t)
+	s, err := newServer(serverConfig{}, newLogger(&syncBuffer{}, levelTrace), serverOptions{TEE: tee, Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi, Retry: &releaseRetry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.rel.Close)
+	srv := httptest.NewServer(s.routes())
+	t.Cleanup(srv.Close)
+	const n = maxAttestations + 4
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			body := fmt.Sprintf(`{"maa_endpoint":"maa%d.invalid","runtime_data":"aGVsbG8="}`, i)
+			resp, err := http.Post(srv.URL+"/attest/maa", "application/json", strings.NewReader(body))
+			if err == nil {
+				resp.Body.Close()
+			}
+		})
+	}
+	waitFor(t, "the attestations beyond the bound to wait", func() bool {
+		inUse, waiting := s.rel.slotCounts()
+		return inUse == maxAttestations && waiting == n-maxAttestations
+	})
+	close(tee.gate)
+	wg.Wait()
+	if inUse, waiting := s.rel.slotCounts(); inUse != 0 || waiting != 0 {
+		t.Fatalf("slots after: %d in use, %d waiting", inUse, waiting)
 	}
 }

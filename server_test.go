@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"syscall"
@@ -402,5 +403,33 @@ func TestShutdownSecondSignalStopsAtOnce(t *testing.T) {
 	}
 	if a := <-answer; a.err == nil && a.status == http.StatusOK {
 		t.Fatalf("the request was answered normally: %+v", a)
+	}
+}
+
+// A gRPC call still running when the shutdown grace is over ends as a REST
+// request does: UNAVAILABLE "shutting down".
+func TestShutdownEndsGRPCCallsAfterGrace(t *testing.T) {
+	t.Parallel()
+	stopping, stopRequests := context.WithCancel(context.Background())
+	s := &server{timeout: time.Minute, stopping: stopping}
+	started := make(chan struct{})
+	block := func(ctx context.Context, _ *grpcStream) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	req := httptest.NewRequest(http.MethodPost, "/key_provider.KeyProviderService/UnWrapKey", nil)
+	done := make(chan error, 1)
+	go func() { done <- s.runGRPC(req, &grpcStream{}, block) }()
+	<-started
+	stopRequests()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call runs on after the grace")
+	}
+	if grpcStatusFor(err) != codeUnavailable || err.Error() != "shutting down" {
+		t.Fatalf("a call at the end of the grace got %v (%v)", err, grpcStatusFor(err))
 	}
 }
