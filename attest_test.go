@@ -1,8 +1,5 @@
 package main
 
-// /attest/raw and /attest/combined end to end through the real server,
-// with go-sev-guest's fake /dev/sev-guest and with the emulator.
-
 import (
 	"bytes"
 	"context"
@@ -21,6 +18,9 @@ import (
 	"testing"
 	"time"
 )
+
+// /attest/raw and /attest/combined end to end through the real server,
+// with go-sev-guest's fake /dev/sev-guest and with the emulator.
 
 var testPolicy = []byte("package policy\n\napi_version := \"0.10.0\"\nallow_all := true\n")
 
@@ -378,8 +378,10 @@ func TestAttestRefusesReportOverOtherReportData(t *testing.T) {
 // /dev/sev-guest or an emulator still making its keys may not.
 type stuckDevice struct{}
 
-func (stuckDevice) Name() string   { return "stuck device" }
+func (stuckDevice) Name() string { return "stuck device" }
+
 func (stuckDevice) Emulated() bool { return false }
+
 func (stuckDevice) GetReport(ctx context.Context, _ [64]byte) ([]byte, error) {
 	<-ctx.Done()
 	return nil, context.Cause(ctx)
@@ -482,4 +484,26 @@ func BenchmarkAttestRawParallel(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 	client.CloseIdleConnections()
+}
+
+func FuzzDecodeAttestRequest(f *testing.F) {
+	for _, s := range []string{`{"runtime_data":"YWJj"}`, `{"runtime_data":"YW-_"}`, `{}`, `{"runtime_data":null}`, `nul`, "{\"runtime_data\":\"\xff\"}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req attestRequest
+		if err := decodeRequestJSON(body, &req); err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for a bad body", statusFor(err))
+			}
+			return
+		}
+		if rd, err := requiredBase64("runtime_data", req.RuntimeData); err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for bad runtime data", statusFor(err))
+			}
+		} else if len(rd) > len(body) {
+			t.Fatalf("decoded %d bytes from a %d-byte body", len(rd), len(body))
+		}
+	})
 }

@@ -564,7 +564,7 @@ func TestImportGeneratedECKey(t *testing.T) {
 	}
 }
 
-// importIMDS is the IMDS stand-in of token_test.go issuing token to the
+// importIMDS is the IMDS stand-in of identity_test.go issuing token to the
 // identity clientID.
 func importIMDS(t *testing.T, clientID, token string) (string, *atomic.Int32) {
 	imds := newIMDSStandIn(t, clientID)

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"log/slog"
+	"math/big"
 	"sync"
 	"testing"
 	"time"
@@ -331,3 +334,70 @@ func TestKeyPoolLateTimerDoesNotExtendAge(t *testing.T) {
 type lateClock struct{ *fakeClock }
 
 func (lateClock) AfterFunc(time.Duration, func()) func() bool { return func() bool { return true } }
+
+// testWrappingKeys makes wrapping keys quickly, as copies of a stand-in
+// key, so that destroying one leaves the stand-in alone.
+func testWrappingKeys(t testing.TB) func() (*wrappingKey, error) {
+	std := standInRSAKey(t, rsaOther)
+	return func() (*wrappingKey, error) {
+		k, err := x509.ParsePKCS1PrivateKey(x509.MarshalPKCS1PrivateKey(std))
+		if err != nil {
+			return nil, err
+		}
+		return wrappingKeyFrom(k)
+	}
+}
+
+// destroy overwrites the private numbers in place, Precomputed values and
+// primes included, not just drops the pointer to them.
+func TestWrappingKeyDestroyZeroes(t *testing.T) {
+	t.Parallel()
+	wk, err := testWrappingKeys(t)()
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv := wk.priv
+	words := rsaSecretWords(priv)
+	if len(words) != 6 {
+		t.Fatalf("%d private numbers, want D, Dp, Dq, Qinv and two primes", len(words))
+	}
+	wk.destroy()
+	if wk.priv != nil {
+		t.Fatal("destroy kept the private key")
+	}
+	wantZeroWords(t, words)
+	for _, x := range append([]*big.Int{priv.D, priv.Precomputed.Dp, priv.Precomputed.Dq, priv.Precomputed.Qinv}, priv.Primes...) {
+		if x.Sign() != 0 {
+			t.Fatal("a private number still reads non-zero")
+		}
+	}
+	wk.destroy() // twice is harmless
+}
+
+func TestWrappingKeyRuntimeData(t *testing.T) {
+	t.Parallel()
+	wk, err := wrappingKeyFrom(standInRSAKey(t, rsaOther))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(wk.runtimeData, &set); err != nil || len(set.Keys) != 1 {
+		t.Fatalf("runtime data %s: %v", wk.runtimeData, err)
+	}
+	k := set.Keys[0]
+	if k["kty"] != "RSA" || k["kid"] != wk.kid || k["n"] == nil || k["e"] != "AQAB" {
+		t.Fatalf("runtime JWK = %v", k)
+	}
+	if ops, _ := k["key_ops"].([]any); len(ops) != 1 || ops[0] != "encrypt" {
+		t.Fatalf("key_ops = %v", k["key_ops"])
+	}
+	if _, ok := k["d"]; ok {
+		t.Fatal("the runtime data holds the private exponent")
+	}
+	tp, _ := jwkThumbprint(rsaPublicJWK(&standInRSAKey(t, rsaOther).PublicKey))
+	if wk.kid != tp {
+		t.Fatalf("kid %q is not the thumbprint %q", wk.kid, tp)
+	}
+}
