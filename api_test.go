@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -177,5 +180,55 @@ func TestCallerInputIsBoundedInLogsAndErrors(t *testing.T) {
 				t.Errorf("the log grew by %d bytes", grew)
 			}
 		})
+	}
+}
+
+func TestDecodeRequestJSON(t *testing.T) {
+	t.Parallel()
+	var v attestRequest
+	tests := []struct {
+		body string
+		ok   bool
+	}{
+		{`{"runtime_data":"YWJj"}`, true},
+		{`{"runtime_data":"YWJj","unknown":1}`, true},
+		{`{"runtime_data":"YWJj"} {}`, false},
+		{`{"runtime_data":`, false},
+		{`[]`, false},
+		{`{"runtime_data":5}`, false},
+		{``, false},
+		{`   `, false},
+		{`{"runtime_data":"` + strings.Repeat("A", maxRequestBody) + `"}`, false},
+	}
+	for _, tc := range tests {
+		err := decodeRequestJSON([]byte(tc.body), &v)
+		if (err == nil) != tc.ok {
+			t.Errorf("decodeRequestJSON(%.40q) err = %v, want ok=%v", tc.body, err, tc.ok)
+		}
+		if err != nil && statusFor(err) != http.StatusBadRequest {
+			t.Errorf("decodeRequestJSON(%.40q) status = %d, want 400", tc.body, statusFor(err))
+		}
+	}
+}
+
+func TestStatusFor(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err  error
+		want int
+	}{
+		{newError(kindUnavailable, nil, "x"), 503},
+		{fmt.Errorf("wrapped: %w", newError(kindInvalid, nil, "x")), 400},
+		{&upstreamError{Service: "Key Vault", StatusCode: 401}, 403},
+		{&upstreamError{Service: "Key Vault", StatusCode: 403}, 403},
+		{&upstreamError{Service: "MAA", StatusCode: 500}, 502},
+		{&upstreamError{Service: "MAA", StatusCode: 404}, 502},
+		{fmt.Errorf("MAA: %w", context.DeadlineExceeded), 504},
+		{errors.New("boom"), 500},
+	}
+	for _, tc := range tests {
+		if got := statusFor(tc.err); got != tc.want {
+			t.Errorf("statusFor(%v) = %d, want %d", tc.err, got, tc.want)
+		}
 	}
 }

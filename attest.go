@@ -37,12 +37,8 @@ func (s *server) reportWithData(ctx context.Context, rd [64]byte) ([]byte, *snpR
 	if err := s.requireTEE(); err != nil {
 		return nil, nil, err
 	}
-	// One command at a time: the SNP guest channel has one message sequence
-	// number, and the ioctl paths must not interleave.
 	start := time.Now()
-	s.deviceMu.Lock()
-	raw, err := s.tee.GetReport(ctx, rd)
-	s.deviceMu.Unlock()
+	raw, err := s.deviceReport(ctx, rd)
 	s.metrics.since(stageReport, start)
 	if err != nil {
 		kind := kindInternal
@@ -59,6 +55,19 @@ func (s *server) reportWithData(ctx context.Context, rd [64]byte) ([]byte, *snpR
 		return nil, nil, newError(kindInternal, nil, "%s returned a report whose REPORT_DATA is not the one asked for", s.tee.Name())
 	}
 	return raw, rep, nil
+}
+
+// deviceReport asks the device for one report, one command at a time: the
+// SNP guest channel has one message sequence number, and the ioctl paths
+// must not interleave. A device that is safe to use concurrently (the
+// emulator, which only signs in software) is asked without the lock, so
+// that reports are signed on every core.
+func (s *server) deviceReport(ctx context.Context, rd [64]byte) ([]byte, error) {
+	if _, ok := s.tee.(concurrentDevice); !ok {
+		s.deviceMu.Lock()
+		defer s.deviceMu.Unlock()
+	}
+	return s.tee.GetReport(ctx, rd)
 }
 
 // evidence gets a report over runtimeData with the certificates that match

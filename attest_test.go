@@ -1,8 +1,5 @@
 package main
 
-// /attest/raw and /attest/combined end to end through the real server,
-// with go-sev-guest's fake /dev/sev-guest and with the emulator.
-
 import (
 	"bytes"
 	"context"
@@ -21,6 +18,9 @@ import (
 	"testing"
 	"time"
 )
+
+// /attest/raw and /attest/combined end to end through the real server,
+// with go-sev-guest's fake /dev/sev-guest and with the emulator.
 
 var testPolicy = []byte("package policy\n\napi_version := \"0.10.0\"\nallow_all := true\n")
 
@@ -378,8 +378,10 @@ func TestAttestRefusesReportOverOtherReportData(t *testing.T) {
 // /dev/sev-guest or an emulator still making its keys may not.
 type stuckDevice struct{}
 
-func (stuckDevice) Name() string   { return "stuck device" }
+func (stuckDevice) Name() string { return "stuck device" }
+
 func (stuckDevice) Emulated() bool { return false }
+
 func (stuckDevice) GetReport(ctx context.Context, _ [64]byte) ([]byte, error) {
 	<-ctx.Done()
 	return nil, context.Cause(ctx)
@@ -394,4 +396,114 @@ func TestAttestDeviceTimeoutIs504(t *testing.T) {
 			t.Errorf("%s = %d %v, want 504", path, status, out)
 		}
 	}
+}
+
+// lockProbe is a device that notes whether the server's device lock is
+// held while it is asked for a report.
+type lockProbe struct {
+	teeDevice
+	s          *server
+	lockedHeld bool
+}
+
+func (p *lockProbe) GetReport(ctx context.Context, rd [64]byte) ([]byte, error) {
+	if p.s.deviceMu.TryLock() {
+		p.s.deviceMu.Unlock()
+	} else {
+		p.lockedHeld = true
+	}
+	return p.teeDevice.GetReport(ctx, rd)
+}
+
+// concurrentLockProbe is a lockProbe for a device marked concurrent.
+type concurrentLockProbe struct{ *lockProbe }
+
+func (concurrentLockProbe) concurrentReports() {}
+
+// The emulator is asked for reports without the device lock, so that they
+// are signed on every core; every other device, wrapped emulators
+// included, one command at a time.
+func TestDeviceLockOnlyForDevicesThatNeedIt(t *testing.T) {
+	t.Parallel()
+	emu := newTestEmulator(t, nil)
+	if _, ok := emu.(concurrentDevice); !ok {
+		t.Fatal("the emulator is not marked safe for concurrent reports")
+	}
+	if _, ok := teeDevice(deviceWithCerts{emu, nil}).(concurrentDevice); ok {
+		t.Fatal("a wrapped device kept the mark")
+	}
+	for _, concurrent := range []bool{false, true} {
+		s := &server{}
+		probe := &lockProbe{teeDevice: emu, s: s}
+		s.tee = probe
+		if concurrent {
+			s.tee = concurrentLockProbe{probe}
+		}
+		if _, err := s.deviceReport(context.Background(), [64]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if probe.lockedHeld == concurrent {
+			t.Fatalf("concurrent device %v: lock held while asked = %v", concurrent, probe.lockedHeld)
+		}
+	}
+}
+
+// BenchmarkAttestRawParallel: /attest/raw requests per second through the
+// real server, from 4×GOMAXPROCS clients in this process, with the emulator.
+func BenchmarkAttestRawParallel(b *testing.B) {
+	url, _ := startTestServer(b, serverConfig{Emulate: true, LogLevel: slog.LevelError}, serverOptions{
+		TEE:          newTestEmulator(b, testPolicy),
+		WrappingKeys: testWrappingKeys(b), // no RSA generation in the figures
+	})
+	body := `{"runtime_data":"eyJrZXlzIjpbXX0="}`
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	post := func() error {
+		resp, err := client.Post(url+"/attest/raw", "application/json", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("attest/raw: %s", resp.Status)
+		}
+		return nil
+	}
+	if err := post(); err != nil { // warm up: the emulator's keys
+		b.Fatal(err)
+	}
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := post(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	client.CloseIdleConnections()
+}
+
+func FuzzDecodeAttestRequest(f *testing.F) {
+	for _, s := range []string{`{"runtime_data":"YWJj"}`, `{"runtime_data":"YW-_"}`, `{}`, `{"runtime_data":null}`, `nul`, "{\"runtime_data\":\"\xff\"}"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req attestRequest
+		if err := decodeRequestJSON(body, &req); err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for a bad body", statusFor(err))
+			}
+			return
+		}
+		if rd, err := requiredBase64("runtime_data", req.RuntimeData); err != nil {
+			if statusFor(err) != http.StatusBadRequest {
+				t.Fatalf("status %d for bad runtime data", statusFor(err))
+			}
+		} else if len(rd) > len(body) {
+			t.Fatalf("decoded %d bytes from a %d-byte body", len(rd), len(body))
+		}
+	})
 }

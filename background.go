@@ -14,22 +14,48 @@ type backgroundWork struct {
 	ready chan struct{} // closed once err and took are set
 	err   error
 	took  time.Duration
+
+	kg   *keygen     // runs the work within its scheduler limits; nil = a goroutine of its own
+	task *keygenTask // the work queued at kg
+}
+
+// startBackgroundOn queues work at kg, which runs it when a scheduler may
+// be spared; a caller that waits for it hurries it. Without kg the work
+// starts at once.
+func startBackgroundOn(kg *keygen, what string, work func() error) *backgroundWork {
+	if kg == nil {
+		return startBackground(what, work)
+	}
+	b := &backgroundWork{what: what, ready: make(chan struct{}), kg: kg}
+	b.task = kg.background(func() { b.finish(work) })
+	return b
+}
+
+// finish runs work and publishes its outcome.
+func (b *backgroundWork) finish(work func() error) {
+	start := time.Now()
+	b.err = work()
+	b.took = time.Since(start)
+	close(b.ready)
 }
 
 // startBackground runs work in a goroutine and returns at once.
 func startBackground(what string, work func() error) *backgroundWork {
 	b := &backgroundWork{what: what, ready: make(chan struct{})}
-	go func() {
-		start := time.Now()
-		b.err = work()
-		b.took = time.Since(start)
-		close(b.ready)
-	}()
+	go b.finish(work)
 	return b
 }
 
 // wait blocks until the work is done or ctx ends.
 func (b *backgroundWork) wait(ctx context.Context) error {
+	select {
+	case <-b.ready:
+		return b.err
+	default:
+	}
+	if b.task != nil {
+		b.kg.hurry(b.task)
+	}
 	select {
 	case <-b.ready:
 		return b.err

@@ -4,12 +4,14 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func b64Args(json string) string { return base64.StdEncoding.EncodeToString([]byte(json)) }
@@ -152,6 +154,104 @@ func TestCorruptPlatformCertificateFileIsIgnored(t *testing.T) {
 			if kds.callsOf("vcek") != 1 {
 				t.Errorf("KDS VCEK calls = %d, want the certificates fetched once", kds.callsOf("vcek"))
 			}
+		})
+	}
+}
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseServeFlags(t *testing.T) {
+	t.Parallel()
+	args := base64.StdEncoding.EncodeToString([]byte(`{"certcache":{"endpoint_type":"AMD","endpoint":"kdsintf.amd.com"},"identity":{"client_id":"abc"}}`))
+	tests := []struct {
+		name  string
+		argv  []string
+		env   map[string]string
+		check func(t *testing.T, c *serverConfig)
+		err   string
+	}{
+		{name: "defaults", check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 8080 || c.LogLevel != slog.LevelWarn || c.Emulate || c.WrappingKeyTTL != 5*time.Minute || c.LogFile != "" || c.ShutdownGrace != 10*time.Second {
+				t.Errorf("defaults: %+v", c)
+			}
+		}},
+		{name: "flags", argv: []string{"-port", "9000", "-loglevel", "trace", "-emulate", "-wrapping-key-ttl", "0", "-base64", args}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9000 || c.LogLevel != levelTrace || !c.Emulate || c.WrappingKeyTTL != 0 || c.Args.Identity.ClientID != "abc" {
+				t.Errorf("flags: %+v", c)
+			}
+		}},
+		{name: "environment", env: map[string]string{"Port": "9001", "LogLevel": "debug", "SKR_EMULATE": "1", "SkrSideCarArgs": args, "SKR_WRAPPING_KEY_TTL": "90s", "LogFile": "/tmp/x.log"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9001 || c.LogLevel != slog.LevelDebug || !c.Emulate || c.WrappingKeyTTL != 90*time.Second || c.Args.CertCache.EndpointType != "AMD" || c.LogFile != "/tmp/x.log" {
+				t.Errorf("env: %+v", c)
+			}
+		}},
+		{name: "flag beats environment", argv: []string{"-port", "9002"}, env: map[string]string{"Port": "9001"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9002 {
+				t.Errorf("port %d", c.Port)
+			}
+		}},
+		{name: "skr.sh positional arguments", argv: []string{args, "9003"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9003 || c.Args.Identity.ClientID != "abc" {
+				t.Errorf("positional: %+v", c)
+			}
+		}},
+		{name: "environment beats positional", argv: []string{"", "9003"}, env: map[string]string{"Port": "9004"}, check: func(t *testing.T, c *serverConfig) {
+			if c.Port != 9004 {
+				t.Errorf("port %d", c.Port)
+			}
+		}},
+		{name: "bad level", argv: []string{"-loglevel", "loud"}, err: "unknown log level"},
+		{name: "bad port", env: map[string]string{"Port": "http"}, err: "not a number"},
+		{name: "port range", argv: []string{"-port", "70000"}, err: "out of range"},
+		{name: "bad base64", argv: []string{"-base64", "%%%"}, err: "not standard base64"},
+		{name: "bad json", argv: []string{"-base64", base64.StdEncoding.EncodeToString([]byte("{"))}, err: "not the expected JSON"},
+		{name: "bad endpoint type", argv: []string{"-base64", base64.StdEncoding.EncodeToString([]byte(`{"certcache":{"endpoint_type":"Other"}}`))}, err: "endpoint_type"},
+		{name: "bad ttl", env: map[string]string{"SKR_WRAPPING_KEY_TTL": "5"}, err: "duration"},
+		{name: "negative ttl", argv: []string{"-wrapping-key-ttl", "-1s"}, err: "negative"},
+		{name: "bad emulate", env: map[string]string{"SKR_EMULATE": "maybe"}, err: "boolean"},
+		{name: "shutdown grace flag", argv: []string{"-shutdown-grace", "3s"}, check: func(t *testing.T, c *serverConfig) {
+			if c.ShutdownGrace != 3*time.Second {
+				t.Errorf("grace %v", c.ShutdownGrace)
+			}
+		}},
+		{name: "shutdown grace environment", env: map[string]string{"SKR_SHUTDOWN_GRACE": "1m"}, check: func(t *testing.T, c *serverConfig) {
+			if c.ShutdownGrace != time.Minute {
+				t.Errorf("grace %v", c.ShutdownGrace)
+			}
+		}},
+		{name: "bad shutdown grace", env: map[string]string{"SKR_SHUTDOWN_GRACE": "soon"}, err: "SKR_SHUTDOWN_GRACE"},
+		{name: "negative shutdown grace", argv: []string{"-shutdown-grace", "-1s"}, err: "negative"},
+		{name: "socket beside TCP", argv: []string{"-socket", "/run/skr/skr.sock", "-socket-uids", "1000, 1001"}, check: func(t *testing.T, c *serverConfig) {
+			if c.NoTCP || c.Socket != "/run/skr/skr.sock" || len(c.SocketUIDs) != 2 || c.SocketUIDs[1] != 1001 {
+				t.Errorf("socket: %+v", c)
+			}
+		}},
+		{name: "socket only", argv: []string{"-port", "0"}, env: map[string]string{"SKR_SOCKET": "/s", "SKR_SOCKET_UIDS": "0"}, check: func(t *testing.T, c *serverConfig) {
+			if !c.NoTCP || c.Socket != "/s" || len(c.SocketUIDs) != 1 || c.SocketUIDs[0] != 0 {
+				t.Errorf("socket only: %+v", c)
+			}
+		}},
+		{name: "port 0 without socket", argv: []string{"-port", "0"}, err: "no -socket"},
+		{name: "uids without socket", argv: []string{"-socket-uids", "1000"}, err: "without -socket"},
+		{name: "bad uid", argv: []string{"-socket", "/s", "-socket-uids", "root"}, err: "numeric user id"},
+		{name: "unknown flag", argv: []string{"-bogus"}, err: "not defined"},
+		{name: "too many arguments", argv: []string{"a", "1", "x"}, err: "too many"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseServeFlags(tc.argv, envOf(tc.env), io.Discard)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
 		})
 	}
 }

@@ -40,7 +40,9 @@
 //     IMDS; tokens are cached and given only to Key Vault or Managed HSM
 //     hosts.
 //  4. releaser.go and keypool.go: the credential to release with, an
-//     RSA wrapping key from a pool that generates them ahead of need,
+//     RSA wrapping key from a pool that generates them ahead of need
+//     (keygen.go decides when: never in the way of an answer, on every
+//     core when releases wait for keys),
 //     together with an MAA token over its public JWK Set. A credential
 //     serves further releases from Key Vault and Managed HSM hosts to the
 //     same MAA for a while (-wrapping-key-ttl, never past the token's exp),

@@ -55,11 +55,12 @@ type emulatorIdentity struct {
 	reportID    [32]byte
 }
 
-// newEmulatorIdentity starts making an identity and returns at once:
-// generating RSA keys must not delay start-up or /status.
-func newEmulatorIdentity(rsaBits int, log *slog.Logger) *emulatorIdentity {
+// newEmulatorIdentity queues making an identity as background work for
+// kg and returns at once: generating RSA keys must not delay start-up or
+// /status. The first report hurries it.
+func newEmulatorIdentity(rsaBits int, kg *keygen, log *slog.Logger) *emulatorIdentity {
 	id := &emulatorIdentity{}
-	id.backgroundWork = startBackground("the SNP emulator's keys", func() error {
+	id.backgroundWork = startBackgroundOn(kg, "the SNP emulator's keys", func() error {
 		start := time.Now()
 		if err := id.generate(rsaBits); err != nil {
 			log.Error("SNP emulator: making its keys failed", "err", err)
@@ -227,7 +228,11 @@ func newEmulator(opts teeOptions) *emulator {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return newEmulatorWith(newEmulatorIdentity(emulatedRSABits, log), opts.SecurityPolicy)
+	kg := opts.Keygen
+	if kg == nil {
+		kg = newKeygen()
+	}
+	return newEmulatorWith(newEmulatorIdentity(emulatedRSABits, kg, log), opts.SecurityPolicy)
 }
 
 // newEmulatorWith binds an identity to one security policy: HOST_DATA is
@@ -243,6 +248,10 @@ func newEmulatorWith(id *emulatorIdentity, policy []byte) *emulator {
 func (e *emulator) Name() string { return "emulator" }
 
 func (e *emulator) Emulated() bool { return true }
+
+// concurrentReports: the emulator's identity is read-only once made, and
+// each report is a buffer of its own.
+func (e *emulator) concurrentReports() {}
 
 func (e *emulator) PlatformCerts(ctx context.Context) (*platformCerts, error) {
 	if err := e.id.wait(ctx); err != nil {

@@ -91,9 +91,9 @@ const emulatedRSABitsAzure = 2048
 
 // newEmulatedAzureKeys starts making the keys and returns at once: RSA key
 // generation must not delay start-up or the first /status.
-func newEmulatedAzureKeys(log *slog.Logger) *emulatedAzureKeys {
+func newEmulatedAzureKeys(kg *keygen, log *slog.Logger) *emulatedAzureKeys {
 	k := &emulatedAzureKeys{}
-	k.backgroundWork = startBackground("the emulated Azure services' keys", func() error {
+	k.backgroundWork = startBackgroundOn(kg, "the emulated Azure services' keys", func() error {
 		start := time.Now()
 		if err := k.generate(); err != nil {
 			log.Error("emulated Azure: making its keys failed", "err", err)
@@ -227,6 +227,7 @@ type emulatedAzureConfig struct {
 	Upstream *http.Client // how other hosts are reached
 	Roots    *x509.CertPool
 	Log      *slog.Logger
+	Keygen   *keygen // makes the keys without getting in the way of answers; nil = at once
 }
 
 func newEmulatedAzure(cfg emulatedAzureConfig) *emulatedAzure {
@@ -234,7 +235,7 @@ func newEmulatedAzure(cfg emulatedAzureConfig) *emulatedAzure {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Keys == nil {
-		cfg.Keys = newEmulatedAzureKeys(cfg.Log)
+		cfg.Keys = newEmulatedAzureKeys(cfg.Keygen, cfg.Log)
 	}
 	if cfg.Upstream == nil {
 		cfg.Upstream = newUpstreamClient(cfg.Roots)
@@ -378,7 +379,7 @@ func (s *server) startEmulatedAzure(keys *emulatedAzureKeys, roots *x509.CertPoo
 	if src, ok := s.tee.(platformCertSource); ok {
 		trust = src.PlatformCerts
 	}
-	s.azure = newEmulatedAzure(emulatedAzureConfig{Keys: keys, Trust: trust, HostData: s.emulatedHostData(), Upstream: s.client, Roots: roots, Log: s.log})
+	s.azure = newEmulatedAzure(emulatedAzureConfig{Keys: keys, Trust: trust, HostData: s.emulatedHostData(), Upstream: s.client, Roots: roots, Log: s.log, Keygen: s.keygen})
 	s.client = s.azure.client
 }
 

@@ -28,7 +28,7 @@ var sharedAzure struct {
 // sharedAzureKeys are the emulated services' keys, made once per test
 // binary in the background, as the server makes them.
 func sharedAzureKeys() *emulatedAzureKeys {
-	sharedAzure.once.Do(func() { sharedAzure.keys = newEmulatedAzureKeys(slog.New(slog.DiscardHandler)) })
+	sharedAzure.once.Do(func() { sharedAzure.keys = newEmulatedAzureKeys(nil, slog.New(slog.DiscardHandler)) })
 	return sharedAzure.keys
 }
 

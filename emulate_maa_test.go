@@ -191,7 +191,7 @@ var otherEmulator struct {
 // VCEK: evidence from "another chain".
 func anotherEmulator(t testing.TB) teeDevice {
 	t.Helper()
-	otherEmulator.once.Do(func() { otherEmulator.id = newEmulatorIdentity(2048, slog.New(slog.DiscardHandler)) })
+	otherEmulator.once.Do(func() { otherEmulator.id = newEmulatorIdentity(2048, newKeygen(), slog.New(slog.DiscardHandler)) })
 	return newEmulatorWith(otherEmulator.id, nil)
 }
 

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -271,7 +272,7 @@ func TestStatusDoesNotWaitForEmulatorKeys(t *testing.T) {
 func TestEmulatorLogsNothingSecret(t *testing.T) {
 	t.Parallel()
 	var logs syncBuffer
-	id := newEmulatorIdentity(2048, newLogger(&logs, levelTrace))
+	id := newEmulatorIdentity(2048, newKeygen(), newLogger(&logs, levelTrace))
 	if err := id.wait(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -363,4 +364,21 @@ func TestAttestRawWithEmulator(t *testing.T) {
 	if err := verifyWithGoSevGuest(t, raw, pc); err != nil {
 		t.Fatal(err)
 	}
+}
+
+var (
+	testEmulatorOnce sync.Once
+	testEmulatorID   *emulatorIdentity
+)
+
+// newTestEmulator returns the emulator with HOST_DATA = sha256(policy)
+// (zero for an empty policy). Its keys are made once per test binary
+// (RSA-2048 to keep tests fast), so every emulator of a run shares one
+// emulated machine and chain.
+func newTestEmulator(t testing.TB, policy []byte) teeDevice {
+	t.Helper()
+	testEmulatorOnce.Do(func() {
+		testEmulatorID = newEmulatorIdentity(2048, newKeygen(), slog.New(slog.DiscardHandler))
+	})
+	return newEmulatorWith(testEmulatorID, policy)
 }

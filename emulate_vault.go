@@ -331,7 +331,7 @@ func (v *emulatedVault) handleImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := r.PathValue("name")
-	if !keyNamePattern.MatchString(name) {
+	if !isKeyName(name) {
 		writeAzureError(w, http.StatusBadRequest, "BadParameter", fmt.Sprintf("key name %q is invalid: 1-127 letters, digits and dashes", truncate(name, 200)))
 		return
 	}

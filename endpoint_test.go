@@ -81,3 +81,39 @@ func TestNormalizeEndpointRefusesNonCanonicalOrOversized(t *testing.T) {
 		}
 	}
 }
+
+func TestNormalizeEndpoint(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"sharedeus.eus.attest.azure.net", "sharedeus.eus.attest.azure.net", true},
+		{"https://myvault.vault.azure.net", "myvault.vault.azure.net", true},
+		{"https://myvault.vault.azure.net/", "myvault.vault.azure.net", true},
+		{"MyHSM.managedhsm.azure.net", "myhsm.managedhsm.azure.net", true},
+		{"127.0.0.1:8443", "127.0.0.1:8443", true},
+		{" localhost:443 ", "localhost", true},
+		{"http://myvault.vault.azure.net", "", false},
+		{"ftp://x", "", false},
+		{"https://user@host", "", false},
+		{"host/path", "", false},
+		{"host?x=1", "", false},
+		{"host:99999", "", false},
+		{"", "", false},
+		{"https://", "", false},
+	}
+	for _, tc := range tests {
+		got, err := normalizeEndpoint("maa_endpoint", tc.in)
+		if tc.ok && (err != nil || got != tc.want) {
+			t.Errorf("normalizeEndpoint(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		if !tc.ok {
+			if err == nil {
+				t.Errorf("normalizeEndpoint(%q) = %q, want an error", tc.in, got)
+			} else if statusFor(err) != http.StatusBadRequest {
+				t.Errorf("normalizeEndpoint(%q) status %d, want 400", tc.in, statusFor(err))
+			}
+		}
+	}
+}

@@ -250,7 +250,7 @@ func waitForStatus(t *testing.T, url string, logs *syncBuffer) {
 
 // freeLoopbackPort is a TCP port free on 127.0.0.1 a moment ago (-port 0
 // turns TCP off, so the kernel cannot pick one for the sidecar).
-func freeLoopbackPort(t *testing.T) int {
+func freeLoopbackPort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -27,12 +26,9 @@ const (
 )
 
 var (
-	keyNamePattern    = regexp.MustCompile(`^[0-9a-zA-Z-]{1,127}$`)
-	apiVersionPattern = regexp.MustCompile(`^[0-9]+\.[0-9]+(-preview(\.[0-9]+)?)?$`)
-	lowerHex64        = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	validKeyOps       = map[string]bool{"encrypt": true, "decrypt": true, "sign": true, "verify": true, "wrapKey": true, "unwrapKey": true, "import": true, "export": true}
-	validOctSizes     = map[int]bool{16: true, 24: true, 32: true}
-	validRSABits      = map[int]bool{2048: true, 3072: true, 4096: true}
+	validKeyOps   = map[string]bool{"encrypt": true, "decrypt": true, "sign": true, "verify": true, "wrapKey": true, "unwrapKey": true, "import": true, "export": true}
+	validOctSizes = map[int]bool{16: true, 24: true, 32: true}
+	validRSABits  = map[int]bool{2048: true, 3072: true, 4096: true}
 )
 
 // importFlags are the command line.

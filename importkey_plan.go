@@ -123,7 +123,7 @@ func planKey(p *importPlan, k importKeySpec) error {
 		return placeholderError("key.kid", p.KID, "put the name of the key to create in the vault (letters, digits and '-')")
 	case strings.Contains(p.KID, "/keys/"):
 		return fmt.Errorf("key.kid %q is a key identifier: put only the key's name in key.kid and the vault's host in key.akv.endpoint", p.KID)
-	case !keyNamePattern.MatchString(p.KID):
+	case !isKeyName(p.KID):
 		return fmt.Errorf("key.kid %q is not a Key Vault key name (1-127 letters, digits and '-')", p.KID)
 	}
 	switch p.KTY {
@@ -173,7 +173,7 @@ func planVault(p *importPlan, k importKeySpec) error {
 	if p.APIVersion == "" {
 		p.APIVersion = defaultVaultAPIVersion
 	}
-	if !apiVersionPattern.MatchString(p.APIVersion) {
+	if !isVaultAPIVersion(p.APIVersion) {
 		return fmt.Errorf("key.akv.api_version %q is not an API version such as 7.4", vault.APIVersion)
 	}
 	p.BearerToken = strings.TrimSpace(vault.BearerToken)

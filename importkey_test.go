@@ -564,7 +564,7 @@ func TestImportGeneratedECKey(t *testing.T) {
 	}
 }
 
-// importIMDS is the IMDS stand-in of token_test.go issuing token to the
+// importIMDS is the IMDS stand-in of identity_test.go issuing token to the
 // identity clientID.
 func importIMDS(t *testing.T, clientID, token string) (string, *atomic.Int32) {
 	imds := newIMDSStandIn(t, clientID)
@@ -903,7 +903,7 @@ func FuzzImportConfig(f *testing.F) {
 			return
 		}
 		// An accepted config names a usable key and a policy with claims.
-		if !keyNamePattern.MatchString(p.KID) || len(p.Policy.AnyOf) == 0 || p.Vault == "" || (p.KTY != ktyOct && p.KTY != ktyRSA && p.KTY != ktyEC) {
+		if !isKeyName(p.KID) || len(p.Policy.AnyOf) == 0 || p.Vault == "" || (p.KTY != ktyOct && p.KTY != ktyRSA && p.KTY != ktyEC) {
 			t.Fatalf("accepted an unusable config: %+v", p)
 		}
 		for _, a := range p.Policy.AnyOf {

@@ -177,3 +177,8 @@ func TestServeEntryPoints(t *testing.T) {
 		}
 	}
 }
+
+// readSharedFile reads shared test data without a testing.TB (fuzz seeds).
+func readSharedFile(name string) ([]byte, error) {
+	return os.ReadFile(filepath.Join(sharedTestdata, name))
+}

@@ -142,7 +142,7 @@ func checkClaim(c releaseClaim) error {
 			}
 			return placeholderError(fmt.Sprintf("claim %q", c.Claim), v, hint)
 		}
-		if c.Claim == hostDataClaim && !lowerHex64.MatchString(v) {
+		if c.Claim == hostDataClaim && !isLowerHex64(v) {
 			return fmt.Errorf("%s %q is not 64 lower-case hex digits: compute it with skr digest -f POLICY.base64", hostDataClaim, v)
 		}
 	case bool, float64:

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/http"
-	"regexp"
 	"slices"
 	"strings"
 )
@@ -42,10 +41,6 @@ func requestSecrets(ctx context.Context, req *http.Request) []string {
 	return secrets
 }
 
-// jwtShaped matches compact JWS/JWT: Entra and IMDS access tokens, MAA
-// tokens and federated assertions all look like this.
-var jwtShaped = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*`)
-
 // redactSecrets removes the given secrets (those long enough to be one)
 // and anything shaped like a token from s.
 func redactSecrets(s string, secrets []string) string {
@@ -54,8 +49,70 @@ func redactSecrets(s string, secrets []string) string {
 			s = strings.ReplaceAll(s, secret, "[redacted]")
 		}
 	}
-	return jwtShaped.ReplaceAllString(s, "[redacted token]")
+	return redactJWTShaped(s)
 }
+
+// redactJWTShaped replaces everything shaped like a compact JWS or JWT:
+// Entra and IMDS access tokens, MAA tokens and federated assertions all
+// look like this. The shape is "eyJ" and at least two more URL-safe base64
+// bytes, a dot, at least two, a dot, and any number.
+func redactJWTShaped(s string) string {
+	var out strings.Builder
+	done := 0 // s[:done] is in out
+	for {
+		start, end := nextJWTShaped(s, done)
+		if start < 0 {
+			break
+		}
+		out.WriteString(s[done:start])
+		out.WriteString("[redacted token]")
+		done = end
+	}
+	if done == 0 {
+		return s
+	}
+	out.WriteString(s[done:])
+	return out.String()
+}
+
+// nextJWTShaped finds the first JWT-shaped s[start:end] at or after from,
+// start = -1 when there is none. It walks the runs of base64 bytes, looking
+// at each once, so it takes time linear in len(s).
+func nextJWTShaped(s string, from int) (start, end int) {
+	for i := from; i < len(s); {
+		if !isBase64URLByte(s[i]) {
+			i++
+			continue
+		}
+		headerEnd := base64RunEnd(s, i)
+		// A token starts at the run's first "eyJ": a later one has fewer
+		// bytes after it and the same end.
+		h := strings.Index(s[i:headerEnd], "eyJ")
+		if h < 0 || headerEnd-(i+h+3) < 2 || !byteAt(s, headerEnd, '.') {
+			i = headerEnd
+			continue
+		}
+		payloadEnd := base64RunEnd(s, headerEnd+1)
+		if payloadEnd-(headerEnd+1) < 2 || !byteAt(s, payloadEnd, '.') {
+			// No token starts within the payload's run either: it would
+			// end where the payload does, without a dot or long enough.
+			i = payloadEnd
+			continue
+		}
+		return i + h, base64RunEnd(s, payloadEnd+1)
+	}
+	return -1, 0
+}
+
+// base64RunEnd is where the run of URL-safe base64 bytes from i ends.
+func base64RunEnd(s string, i int) int {
+	for i < len(s) && isBase64URLByte(s[i]) {
+		i++
+	}
+	return i
+}
+
+func byteAt(s string, i int, c byte) bool { return i < len(s) && s[i] == c }
 
 // oneLine keeps an error on a single log line.
 func oneLine(s string) string {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"regexp"
 	"strings"
 	"time"
 )
@@ -42,10 +41,6 @@ type keyReleaseParams struct {
 
 	SignedBy string // set by releaseKey: whose certificate signed the answer, for the log
 }
-
-// keyVersionPattern is a Key Vault key version; names follow
-// keyNamePattern, shared with importkey.
-var keyVersionPattern = regexp.MustCompile(`^[0-9a-fA-F]{32}$`)
 
 // maxAccessToken bounds a caller's bearer token (Entra tokens are 1–4 KiB).
 const maxAccessToken = 16 << 10
@@ -88,10 +83,10 @@ func parseKeyRef(kid string) (keyRef, error) {
 		return keyRef{}, newError(kindInvalid, nil, "missing field %q", "kid")
 	}
 	name, ver, hasVer := strings.Cut(kid, "/")
-	if !keyNamePattern.MatchString(name) {
+	if !isKeyName(name) {
 		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": %q is not a key name (1-127 letters, digits and dashes), optionally followed by /VERSION", bounded(kid))
 	}
-	if hasVer && !keyVersionPattern.MatchString(ver) {
+	if hasVer && !isKeyVersion(ver) {
 		return keyRef{}, newError(kindInvalid, nil, "field \"kid\": version %q is not 32 hex digits", bounded(ver))
 	}
 	return keyRef{Name: name, Version: ver}, nil

@@ -11,6 +11,77 @@ import (
 	"testing"
 )
 
+func TestReleaseEnc(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ req, hdr, want string }{
+		{encRSAAESKeyWrap256, "", encRSAAESKeyWrap256},
+		{encRSAAESKeyWrap256, encRSAAESKeyWrap256, encRSAAESKeyWrap256},
+		{"", encRSAAESKeyWrapSHA1, encRSAAESKeyWrapSHA1},
+		{encRSAAESKeyWrap384, encRSAAESKeyWrap256, ""},
+		{"", "", ""},
+		{"A256KW", "", ""},
+	} {
+		got, err := releaseEnc(c.req, c.hdr)
+		if got != c.want || (err != nil) != (c.want == "") {
+			t.Errorf("releaseEnc(%q, %q) = %q, %v", c.req, c.hdr, got, err)
+		}
+	}
+}
+
+// FuzzParseReleasePayload: the payload parser never panics and whatever it
+// accepts names a known algorithm and key type.
+func FuzzParseReleasePayload(f *testing.F) {
+	blob := b64url(standInJSON(map[string]any{"schema_version": "1.0", "header": map[string]string{"alg": "dir", "enc": encRSAAESKeyWrap256, "kid": "w"}, "ciphertext": b64url([]byte("ct"))}))
+	f.Add(standInJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrap256}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "oct-HSM", "key_hsm": blob}}}}))
+	f.Add(standInJSON(map[string]any{"request": map[string]any{"enc": encRSAAESKeyWrapSHA1}, "response": map[string]any{"key": map[string]any{"key": map[string]any{"kid": "https://v/keys/k/1", "kty": "RSA", "n": "AQ", "e": "AQAB", "key_hsm": blob}}}}))
+	f.Add([]byte(`{"response":{"key":{"key":{"kty":"EC-HSM","crv":"P-256","x":"AA","y":"AA","kid":"x","key_hsm":"e30"}}}}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		env, err := parseReleasePayload(payload)
+		if err != nil {
+			return
+		}
+		if _, err := oaepHash(env.Enc); err != nil {
+			t.Fatalf("accepted enc %q", env.Enc)
+		}
+		if env.Kty != "RSA" && env.Kty != "EC" && env.Kty != "oct" {
+			t.Fatalf("accepted kty %q", env.Kty)
+		}
+		if len(env.Ciphertext) == 0 || env.WrappingKid == "" || env.Kid == "" {
+			t.Fatalf("accepted an incomplete envelope %+v", env)
+		}
+		// Unwrapping garbage must fail cleanly, never panic.
+		wk := &wrappingKey{priv: standInRSAKey(t, rsaOther), kid: env.WrappingKid}
+		if _, err := env.unwrap(wk); err == nil && len(env.Ciphertext) < 256 {
+			t.Fatal("unwrapped a ciphertext shorter than the modulus")
+		}
+	})
+}
+
+func TestReleaseEnvelopeBinding(t *testing.T) {
+	t.Parallel()
+	wk := &wrappingKey{kid: "our-wrapping-kid"}
+	want := keyRef{Name: "mykey"}
+	tests := []struct {
+		name, kid, wrappedTo, vault string
+		ok                          bool
+	}{
+		{"ours", "https://myvault.vault.azure.net/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", true},
+		{"vault host case and port", "https://MyVault.vault.azure.net:443/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", true},
+		{"another vault", "https://other.vault.azure.net/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", false},
+		{"another key", "https://myvault.vault.azure.net/keys/otherkey/0123", "our-wrapping-kid", "myvault.vault.azure.net", false},
+		{"wrapped to someone else", "https://myvault.vault.azure.net/keys/mykey/0123", "their-kid", "myvault.vault.azure.net", false},
+		{"not a key id", "https://myvault.vault.azure.net/secrets/mykey", "our-wrapping-kid", "myvault.vault.azure.net", false},
+		{"plain http", "http://myvault.vault.azure.net/keys/mykey/0123", "our-wrapping-kid", "myvault.vault.azure.net", false},
+	}
+	for _, tc := range tests {
+		e := &releaseEnvelope{Kid: tc.kid, WrappingKid: tc.wrappedTo}
+		if err := e.checkBinding(want, tc.vault, wk); (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+	}
+}
+
 // releasePayloadWrapping is a release payload as Key Vault signs it: the
 // public members it claims for the key beside key_hsm, which holds plain
 // wrapped to wk.

@@ -54,6 +54,7 @@ type releaserConfig struct {
 	Timeout time.Duration // bound of one shared attestation
 	Attest  attestFunc
 	NewKey  func() (*wrappingKey, error) // how the key pool makes keys; nil = newWrappingKey
+	Keygen  *keygen                      // where the key pool makes them; nil = a keygen of its own
 	Log     *slog.Logger                 // nil = discard
 	Clock   clock                        // nil = the system clock
 
@@ -104,10 +105,13 @@ func newReleaser(cfg releaserConfig) *releaser {
 	cfg.MaxCached = cmp.Or(cfg.MaxCached, maxCachedCredentials)
 	cfg.MaxAttestations = cmp.Or(cfg.MaxAttestations, maxAttestations)
 	cfg.MaxAttestationsPerHost = cmp.Or(cfg.MaxAttestationsPerHost, maxAttestationsPerMAAHost)
+	if cfg.Keygen == nil {
+		cfg.Keygen = newKeygen()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &releaser{
 		cfg:     cfg,
-		pool:    newKeyPool(cfg.NewKey, cfg.Log),
+		pool:    newKeyPool(cfg.NewKey, cfg.Keygen, cfg.Clock, cfg.Log),
 		slots:   attestSlots{total: cfg.MaxAttestations, perHost: cfg.MaxAttestationsPerHost},
 		cancel:  cancel,
 		current: map[string]*releaseCredential{},

@@ -6,12 +6,286 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
+
+// cached reports how many credentials are held.
+func (r *releaser) cached() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.current)
+}
+
+// fakeClock moves only when a test says so; Advance runs the timers that
+// fall due before it returns.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at      time.Time
+	f       func()
+	stopped bool // guarded by fakeClock.mu
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), f: f}
+	c.timers = append(c.timers, t)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		was := !t.stopped
+		t.stopped = true
+		return was
+	}
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	var due, pending []*fakeTimer
+	for _, t := range c.timers {
+		switch {
+		case t.stopped:
+		case !t.at.After(c.now):
+			t.stopped = true
+			due = append(due, t)
+		default:
+			pending = append(pending, t)
+		}
+	}
+	c.timers = pending
+	c.mu.Unlock()
+	slices.SortFunc(due, func(a, b *fakeTimer) int { return a.at.Compare(b.at) })
+	for _, t := range due {
+		t.f()
+	}
+}
+
+// tokenFor is an attestFunc whose tokens expire life after clock's now;
+// it counts its calls and, when gate is not nil, waits for it to close.
+type tokenFor struct {
+	clock *fakeClock
+	life  time.Duration // 0 = a token without exp
+	gate  chan struct{}
+	calls atomic.Int32
+}
+
+func (a *tokenFor) attest(ctx context.Context, host string, runtimeData []byte) (attestation, error) {
+	a.calls.Add(1)
+	if a.gate != nil {
+		<-a.gate
+	}
+	if a.life == 0 {
+		return attestation{token: "t", hostData: "hd"}, nil
+	}
+	return attestation{token: "t", expires: a.clock.Now().Add(a.life), hostData: "hd"}, nil
+}
+
+func newUnitReleaser(t *testing.T, ttl time.Duration, a *tokenFor) *releaser {
+	t.Helper()
+	r := newReleaser(releaserConfig{
+		TTL: ttl, Timeout: 5 * time.Second, Attest: a.attest, NewKey: testWrappingKeys(t),
+		Log: newLogger(&syncBuffer{}, levelTrace), Clock: a.clock,
+	})
+	t.Cleanup(r.Close)
+	return r
+}
+
+func mustCredential(t *testing.T, r *releaser) (*releaseCredential, bool) {
+	t.Helper()
+	c, reused, err := r.credential(context.Background(), "maa.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, reused
+}
+
+func TestReleaserSingleFlightAndDrop(t *testing.T) {
+	t.Parallel()
+	a := &tokenFor{clock: newFakeClock(), life: time.Hour, gate: make(chan struct{})}
+	r := newUnitReleaser(t, time.Minute, a)
+	const n = 16
+	creds := make(chan *releaseCredential, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			c, _, err := r.credential(context.Background(), "maa.example")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			creds <- c
+		})
+	}
+	// One caller gives up while the attestation is in flight.
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, _, err := r.credential(ctx, "maa.example")
+		gaveUp <- err
+	}()
+	waitForTakers(t, &r.flights, "maa.example", n+1)
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that gave up got %v", err)
+	}
+	close(a.gate)
+	wg.Wait()
+	close(creds)
+	var first *releaseCredential
+	for c := range creds {
+		if first == nil {
+			first = c
+		}
+		if c != first {
+			t.Fatal("concurrent callers got different credentials")
+		}
+	}
+	if a.calls.Load() != 1 {
+		t.Fatalf("attestations = %d, want 1", a.calls.Load())
+	}
+	r.mu.Lock()
+	refs := first.refs
+	r.mu.Unlock()
+	if refs != n {
+		t.Fatalf("refs = %d, want %d (the caller that gave up holds none)", refs, n)
+	}
+	for range n {
+		r.put(first)
+	}
+	if first.key.priv == nil {
+		t.Fatal("a live cached key was dropped")
+	}
+	// Cached: the next caller reuses it without attesting.
+	if c, reused := mustCredential(t, r); !reused || c != first {
+		t.Fatalf("reuse: %v", reused)
+	}
+	r.put(first)
+	r.Close()
+	if first.key.priv != nil {
+		t.Fatal("Close left the wrapping key in memory")
+	}
+	if r.cached() != 0 {
+		t.Fatal("Close left credentials")
+	}
+}
+
+func TestReleaserExpiryWaitsForUsers(t *testing.T) {
+	t.Parallel()
+	a := &tokenFor{clock: newFakeClock(), life: time.Hour}
+	r := newUnitReleaser(t, time.Minute, a)
+	c, _ := mustCredential(t, r)
+	a.clock.Advance(time.Minute)
+	if c.key.priv == nil {
+		t.Fatal("the key was dropped while a release still used it")
+	}
+	if r.cached() != 0 {
+		t.Fatal("an expired credential is still cached")
+	}
+	r.put(c)
+	if c.key.priv != nil {
+		t.Fatal("an expired key was kept after its last user")
+	}
+}
+
+func TestReleaserExpiryDropsUnusedKey(t *testing.T) {
+	t.Parallel()
+	a := &tokenFor{clock: newFakeClock(), life: time.Hour}
+	r := newUnitReleaser(t, time.Minute, a)
+	c, _ := mustCredential(t, r)
+	r.put(c)
+	a.clock.Advance(time.Minute - time.Second)
+	if c.key.priv == nil || r.cached() != 1 {
+		t.Fatal("a credential was dropped within its TTL")
+	}
+	// Nobody asks again: the key goes when the TTL ends all the same.
+	a.clock.Advance(time.Second)
+	if c.key.priv != nil || r.cached() != 0 {
+		t.Fatal("an unused credential outlived its TTL")
+	}
+}
+
+// The reuse window of a wrapping key ends tokenExpiryMargin before its MAA
+// token's exp when that comes before the TTL.
+func TestReleaserReuseCappedByTokenExpiry(t *testing.T) {
+	t.Parallel()
+	const life = 10 * time.Minute
+	a := &tokenFor{clock: newFakeClock(), life: life}
+	r := newUnitReleaser(t, time.Hour, a)
+	first, _ := mustCredential(t, r)
+	r.put(first)
+	a.clock.Advance(life - tokenExpiryMargin - time.Second)
+	if c, reused := mustCredential(t, r); !reused || c != first {
+		t.Fatal("not reused within the token's lifetime less the margin")
+	}
+	r.put(first)
+	a.clock.Advance(2 * time.Second)
+	c, reused := mustCredential(t, r)
+	defer r.put(c)
+	if reused || c == first || a.calls.Load() != 2 {
+		t.Fatalf("reused %v, attestations %d: a token within %v of its exp was reused", reused, a.calls.Load(), tokenExpiryMargin)
+	}
+	if first.key.priv != nil {
+		t.Fatal("the retired key was kept")
+	}
+}
+
+func TestReleaserTokenExpiryBoundsReuse(t *testing.T) {
+	t.Parallel()
+	for name, life := range map[string]time.Duration{
+		"token expiring within the margin": tokenExpiryMargin - time.Second,
+		"token without exp":                0,
+	} {
+		t.Run(name, func(t *testing.T) {
+			// Used once, never cached.
+			a := &tokenFor{clock: newFakeClock(), life: life}
+			r := newUnitReleaser(t, time.Hour, a)
+			c, _ := mustCredential(t, r)
+			r.put(c)
+			if c.key.priv != nil || r.cached() != 0 {
+				t.Fatal("a credential past its reuse time was kept")
+			}
+		})
+	}
+}
+
+func TestReuseUntil(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_700_000_000, 0)
+	for _, tc := range []struct {
+		name string
+		ttl  time.Duration
+		exp  time.Time
+		want time.Time
+	}{
+		{"TTL first", time.Minute, now.Add(time.Hour), now.Add(time.Minute)},
+		{"exp less the margin first", time.Hour, now.Add(10 * time.Minute), now.Add(10*time.Minute - tokenExpiryMargin)},
+		{"exp within the margin", time.Hour, now.Add(time.Minute), now.Add(time.Minute - tokenExpiryMargin)},
+		{"no exp", time.Hour, time.Time{}, now},
+	} {
+		if got := reuseUntil(now, tc.ttl, tc.exp); !got.Equal(tc.want) {
+			t.Errorf("%s: reuseUntil = %v, want %v", tc.name, got.Sub(now), tc.want.Sub(now))
+		}
+	}
+}
 
 // slotCounts is what the attestation bounds hold now.
 func (r *releaser) slotCounts() (inUse, waiting int) {
@@ -118,7 +392,9 @@ func TestReleaserBoundsCacheAndAttestationsUnderManyNames(t *testing.T) {
 	}
 	waitFor(t, "the attestations beyond the bound to wait", func() bool {
 		inUse, waiting := r.slotCounts()
-		return inUse == maxAttestations && waiting == names-maxAttestations
+		// A slot is taken before the wrapping key: the attestation itself
+		// starts once the key pool has handed one out.
+		return inUse == maxAttestations && waiting == names-maxAttestations && a.calls.Load() == maxAttestations
 	})
 	if got := a.calls.Load(); got != maxAttestations {
 		t.Fatalf("%d attestations started for %d names, want %d", got, names, maxAttestations)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -45,6 +46,7 @@ type serverOptions struct {
 	// end of serve's ctx does), a second one during it stops at once.
 	// The clock above times the drain.
 	Signals <-chan os.Signal
+	Keygen  *keygen // where keys are made ahead of need; nil = newKeygen()
 }
 
 // server holds everything the handlers share.
@@ -64,6 +66,7 @@ type server struct {
 	client  *http.Client // for every upstream service
 	tokens  *tokenProvider
 	rel     *releaser
+	keygen  *keygen        // runs the key generation done ahead of need
 	azure   *emulatedAzure // the emulated MAA and vaults; nil without -emulate
 	metrics *metrics
 	clock   clock
@@ -77,11 +80,44 @@ type server struct {
 }
 
 func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server, error) {
-	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now()}
+	s := newServerDefaults(cfg, log, opts)
+	root := cmp.Or(opts.SecurityContextRoot, "/")
+	var err error
+	if s.inputs, err = loadUVMInputs(s.getenv, root); err != nil {
+		return nil, err
+	}
+	s.client = newUpstreamClient(opts.Roots)
+	s.openTEE(opts)
+	s.startEmulatedAzure(opts.AzureKeys, opts.Roots)
+	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
+	s.certs.retry = s.retry
+	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
+	s.certs.onFetch = s.metrics.certFetch
+	s.tokens = s.newTokenProvider(opts)
+	s.rel = newReleaser(releaserConfig{
+		TTL:     cfg.WrappingKeyTTL,
+		Timeout: s.timeout,
+		Attest:  s.attestForRelease,
+		NewKey:  opts.WrappingKeys,
+		Keygen:  s.keygen,
+		Log:     log,
+		Clock:   opts.Clock,
+	})
+	s.metrics.wrappingKeysReady = s.rel.pool.spareCount
+	return s, nil
+}
+
+// newServerDefaults is the server with what the options leave out filled
+// in, before anything is opened or started.
+func newServerDefaults(cfg serverConfig, log *slog.Logger, opts serverOptions) *server {
+	s := &server{cfg: cfg, log: log, getenv: opts.Getenv, timeout: opts.RequestTimeout, retry: defaultRetry, started: time.Now(),
+		keygen: opts.Keygen, clock: opts.Clock, metrics: newMetrics()}
+	if s.keygen == nil {
+		s.keygen = newKeygen()
+	}
 	if opts.Retry != nil {
 		s.retry = *opts.Retry
 	}
-	s.metrics = newMetrics()
 	s.retry.OnRetry = s.metrics.retry
 	if s.getenv == nil {
 		s.getenv = os.Getenv
@@ -92,57 +128,43 @@ func newServer(cfg serverConfig, log *slog.Logger, opts serverOptions) (*server,
 	if s.cfg.Args == nil {
 		s.cfg.Args = &SkrSideCarArgs{}
 	}
-	s.clock = opts.Clock
 	if s.clock == nil {
 		s.clock = systemClock{}
 	}
 	s.stopping, s.stopRequests = context.WithCancel(context.Background())
-	root := opts.SecurityContextRoot
-	if root == "" {
-		root = "/"
-	}
-	var err error
-	if s.inputs, err = loadUVMInputs(s.getenv, root); err != nil {
-		return nil, err
-	}
-	s.client = newUpstreamClient(opts.Roots)
+	return s
+}
 
+// openTEE takes the guest interface the options give, else finds one (or
+// the emulator).
+func (s *server) openTEE(opts serverOptions) {
 	s.tee = opts.TEE
-	if s.tee == nil {
-		gi := defaultGuestInterfaces
-		if opts.GuestInterfaces != nil {
-			gi = *opts.GuestInterfaces
-		}
-		s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: log}, gi)
+	if s.tee != nil {
+		return
 	}
-	s.startEmulatedAzure(opts.AzureKeys, opts.Roots)
-	s.certs = newCertProvider(s.cfg.Args.CertCache, s.localPlatformCerts(), s.client, log)
-	s.certs.retry = s.retry
-	s.certs.neverMatchLocal = cfg.AllowTestingMismatchedTCB
-	s.certs.onFetch = s.metrics.certFetch
-	s.tokens = newTokenProvider(tokenConfig{
+	gi := defaultGuestInterfaces
+	if opts.GuestInterfaces != nil {
+		gi = *opts.GuestInterfaces
+	}
+	s.tee, s.teeErr = openTEEFrom(teeOptions{Emulate: s.cfg.Emulate, SecurityPolicy: s.inputs.SecurityPolicy, Log: s.log, Keygen: s.keygen}, gi)
+}
+
+// newTokenProvider is where the bearer tokens for the vaults come from.
+func (s *server) newTokenProvider(opts serverOptions) *tokenProvider {
+	tokens := newTokenProvider(tokenConfig{
 		IdentityClientID: s.cfg.Args.Identity.ClientID,
 		Getenv:           s.getenv,
 		Client:           s.client,
-		Log:              log,
+		Log:              s.log,
 		ExtraVaultHosts:  opts.IdentityTokenHosts,
 		Emulated:         s.emulatedIdentitySource,
 	})
 	if opts.TokenRetry != nil {
-		s.tokens.imdsRetry = opts.TokenRetry(s.tokens.imdsRetry)
-		s.tokens.entraRetry = opts.TokenRetry(s.tokens.entraRetry)
+		tokens.imdsRetry = opts.TokenRetry(tokens.imdsRetry)
+		tokens.entraRetry = opts.TokenRetry(tokens.entraRetry)
 	}
-	s.tokens.imdsRetry.OnRetry, s.tokens.entraRetry.OnRetry = s.metrics.retry, s.metrics.retry
-	s.rel = newReleaser(releaserConfig{
-		TTL:     cfg.WrappingKeyTTL,
-		Timeout: s.timeout,
-		Attest:  s.attestForRelease,
-		NewKey:  opts.WrappingKeys,
-		Log:     log,
-		Clock:   opts.Clock,
-	})
-	s.metrics.wrappingKeysReady = s.rel.pool.spareCount
-	return s, nil
+	tokens.imdsRetry.OnRetry, tokens.entraRetry.OnRetry = s.metrics.retry, s.metrics.retry
+	return tokens
 }
 
 // localPlatformCerts returns how to get the certificates handed to the
@@ -262,6 +284,11 @@ func serve(ctx context.Context, cfg serverConfig, log *slog.Logger, opts serverO
 	s.logStart(ls)
 	srv := s.frontEnd()
 	srv.ConnContext = withPeer
+	srv.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateIdle || state == http.StateClosed { // a request was answered, or a connection ended
+			s.keygen.requestAnswered()
+		}
+	}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- srv.Serve(l) }()

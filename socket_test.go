@@ -26,7 +26,7 @@ func socketClient(path string) *http.Client {
 }
 
 // getStatus is GET /status over c: the status code, or -1 and why.
-func getStatus(c *http.Client) (int, string) {
+func statusOverSocket(c *http.Client) (int, string) {
 	resp, err := c.Get("http://localhost/status")
 	if err != nil {
 		return -1, err.Error()
@@ -103,7 +103,7 @@ func TestUnixSocketServesListedUIDs(t *testing.T) {
 			if err != nil || info.Mode().Type() != os.ModeSocket || info.Mode().Perm() != 0o660 {
 				t.Fatalf("socket file: %v, %v", info.Mode(), err)
 			}
-			status, body := getStatus(socketClient(path))
+			status, body := statusOverSocket(socketClient(path))
 			if status != tc.want {
 				t.Fatalf("status %d %s, want %d", status, body, tc.want)
 			}
@@ -199,6 +199,6 @@ func TestUnixSocketChild(t *testing.T) {
 	if path == "" {
 		t.Skip("only in the child of TestUnixSocketPeerCredentialsOfOtherUsers")
 	}
-	status, body := getStatus(socketClient(path))
+	status, body := statusOverSocket(socketClient(path))
 	fmt.Printf("uid=%d status=%d body=%s\n", os.Getuid(), status, body)
 }

@@ -19,8 +19,17 @@ type teeDevice interface {
 	// Emulated is true only for the software emulator.
 	Emulated() bool
 	// GetReport returns the exact 1184-byte report with this REPORT_DATA.
-	// Callers serialize calls; implementations need not.
+	// Callers serialize calls, unless the device is a concurrentDevice;
+	// implementations need not.
 	GetReport(ctx context.Context, reportData [64]byte) ([]byte, error)
+}
+
+// concurrentDevice is a teeDevice whose GetReport may run concurrently:
+// the emulator. A device wrapped in another type loses the mark, and so is
+// serialized, as every real device is.
+type concurrentDevice interface {
+	teeDevice
+	concurrentReports()
 }
 
 // platformCertSource is implemented by a device that brings its own
@@ -33,6 +42,7 @@ type teeOptions struct {
 	Emulate        bool
 	SecurityPolicy []byte // decoded policy; the emulator's HOST_DATA is its sha256
 	Log            *slog.Logger
+	Keygen         *keygen // where the emulator makes its keys; nil = a keygen of its own
 }
 
 // guestInterfaces says where the guest interfaces live; tests point it at

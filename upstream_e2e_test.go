@@ -1,9 +1,5 @@
 package main
 
-// End to end through the real server: an outbound service that cannot be
-// reached, or whose answer breaks off, is the service's failure (502), never
-// the sidecar's (500), and the error names the step and the endpoint.
-
 import (
 	"crypto/sha256"
 	"fmt"
@@ -16,6 +12,10 @@ import (
 	"testing"
 	"time"
 )
+
+// End to end through the real server: an outbound service that cannot be
+// reached, or whose answer breaks off, is the service's failure (502), never
+// the sidecar's (500), and the error names the step and the endpoint.
 
 // unreachableTarget is one way for an endpoint to fail.
 type unreachableTarget struct {
