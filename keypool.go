@@ -197,8 +197,8 @@ func (p *keyPool) spareTargetLocked() int {
 }
 
 // refillLocked makes sure that enough keys are being made: one for each
-// waiting taker, and the spares wanted. The ones for takers are hurried;
-// keys queued but no longer wanted are not made.
+// waiting taker, and the spares wanted. Keys queued but no longer wanted
+// are not made.
 func (p *keyPool) refillLocked() {
 	if p.closed {
 		return
@@ -219,10 +219,13 @@ func (p *keyPool) refillLocked() {
 			p.running.Done()
 		}
 	}
-	// The oldest keys being made go to the waiters: none of them may
-	// wait behind the limit on background work.
-	for _, g := range p.making[:min(len(p.waiters), len(p.making))] {
-		p.kg.hurry(g.task)
+	// While takers wait, every key wanted is made as fast as the CPUs
+	// allow: the first to be done goes to the first taker, the rest are
+	// the spares that demand asks for.
+	if len(p.waiters) > 0 {
+		for _, g := range p.making {
+			p.kg.hurry(g.task)
+		}
 	}
 }
 
