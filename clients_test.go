@@ -313,7 +313,7 @@ func mapsEqual(a, b map[string]string) bool {
 // files hold a report bound to the runtime data and its certificates.
 func TestAttestClientAgainstEmulatedServer(t *testing.T) {
 	t.Parallel()
-	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{})
+	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{TEE: newTestEmulator(t, nil)})
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
 	code := attestClientMain([]string{"-once", "-addr", base, "-out", out}, &stdout, &stderr, envMap(map[string]string{envAttestRuntimeData: seedRuntimeData}))

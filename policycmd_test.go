@@ -206,7 +206,7 @@ func TestPolicyCheckBadInput(t *testing.T) {
 // emulator's evidence; a policy for another MAA gets a note on what its
 // claims alone would give.
 func TestPolicyCheckEmulated(t *testing.T) {
-	env := policyEnv{Server: serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: sharedAzureKeys(), GuestInterfaces: &guestInterfaces{}}}
+	env := policyEnv{Server: serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: sharedAzureKeys(), GuestInterfaces: &guestInterfaces{}, WrappingKeys: distinctTestWrappingKeys(t)}}
 	zero := strings.Repeat("0", 64)
 	ours := strings.Replace(recommendedConds, evalHostData, zero, 1)
 	code, out, errOut := runPolicyCheck(t, env, "-emulate", "-p", writeTemp(t, "p", checkPolicy(ours+`,{"claim":"x-ms-runtime.keys","exists":true}`)))
