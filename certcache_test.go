@@ -459,6 +459,7 @@ func TestCertCacheIsBounded(t *testing.T) {
 }
 
 func TestAllowTestingMismatchedTCBFlag(t *testing.T) {
+	t.Parallel()
 	for argv, want := range map[string]bool{"": false, "-allowTestingMismatchedTCB": true, "-allowTestingMismatchedTCB=false": false} {
 		c, err := parseServeFlags(strings.Fields(argv), envOf(nil), io.Discard)
 		if err != nil || c.AllowTestingMismatchedTCB != want {
@@ -470,6 +471,7 @@ func TestAllowTestingMismatchedTCBFlag(t *testing.T) {
 // -allowTestingMismatchedTCB: certificates in the security context that
 // match the report are still refetched, and the sidecar says so loudly.
 func TestAllowTestingMismatchedTCBRefetches(t *testing.T) {
+	t.Parallel()
 	for _, allow := range []bool{false, true} {
 		v := newTestVCEK(t, specNew)
 		kds := newKDSStandIn(t)

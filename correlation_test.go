@@ -93,6 +93,7 @@ func TestRequestCorrelation(t *testing.T) {
 }
 
 func TestUpstreamRequestIDIsSanitised(t *testing.T) {
+	t.Parallel()
 	for v, want := range map[string]string{
 		"0553a186-831f-49e9-9530-da5da8823c1b": "0553a186-831f-49e9-9530-da5da8823c1b",
 		"eastus:abc_1.2":                       "eastus:abc_1.2",
@@ -109,6 +110,7 @@ func TestUpstreamRequestIDIsSanitised(t *testing.T) {
 }
 
 func TestCorrelationKeepsTheFirstIDPerService(t *testing.T) {
+	t.Parallel()
 	c := &correlation{id: "rid"}
 	c.note("Key Vault", "release-call")
 	c.note("Key Vault", "policy-read")

@@ -216,6 +216,7 @@ func TestDoctorRefusedIdentity(t *testing.T) {
 }
 
 func TestDoctorUsage(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"-kid", "k"},
 		{"-kid", "k", "-akv", "v.vault.azure.net"},
@@ -272,6 +273,7 @@ func TestDoctorAgainstRunningSidecar(t *testing.T) {
 }
 
 func TestClockResult(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_700_000_000, 0)
 	for skew, want := range map[time.Duration]checkStatus{0: checkOK, 30 * time.Second: checkOK, -2 * time.Minute: checkWarn, 3 * time.Minute: checkWarn, 10 * time.Minute: checkFail, -time.Hour: checkFail} {
 		claims := map[string]any{"iat": float64(now.Add(-skew).Unix())}
@@ -288,6 +290,7 @@ func TestClockResult(t *testing.T) {
 // with demo-oct and failing with demo-denied, and policy check, each with
 // the output the README shows (statuses, checks, summary, the explanation).
 func TestREADMEWhenAReleaseFails(t *testing.T) {
+	t.Parallel()
 	steps, files := parseWalkthrough(t, readmeSection(t, "## When a release fails"))
 	dir := t.TempDir()
 	var doctorRuns, policyRuns int

@@ -176,6 +176,7 @@ func parseCurl(t *testing.T, line string) *walkthroughStep {
 // the runtime data, and the key imported with -kh is released with exactly
 // those bytes. The output the README shows must be of the same kind.
 func TestREADMEEmulatedWalkthrough(t *testing.T) {
+	t.Parallel()
 	steps, files := parseWalkthrough(t, readmeSection(t, "## A whole key release on one machine"))
 	keys := readyAzureKeys(t)
 	var base string
@@ -345,6 +346,7 @@ func checkWalkthroughRelease(t *testing.T, keys *emulatedAzureKeys, req keyRelea
 // Without -emulate the reserved names are a 400 that says to start with
 // -emulate, from the API and on the listener, with or without a device.
 func TestEmulatedNamesRefusedWithoutEmulate(t *testing.T) {
+	t.Parallel()
 	withDevice, _ := startTestServer(t, serverConfig{}, serverOptions{TEE: newTestEmulator(t, nil)})
 	noDevice, _ := startTestServer(t, serverConfig{}, serverOptions{})
 	for _, base := range []string{withDevice, noDevice} {
@@ -376,6 +378,7 @@ func TestEmulatedNamesRefusedWithoutEmulate(t *testing.T) {
 // With -emulate, names under skr.localhost other than the three, and the
 // three with a port, are refused before anything is attested.
 func TestEmulatedNamesUnknownOrWithPort(t *testing.T) {
+	t.Parallel()
 	base := startEmulatedAzureServer(t, serverConfig{}, nil)
 	for _, body := range []string{
 		`{"maa_endpoint":"maa.skr.localhost:8443","akv_endpoint":"vault.skr.localhost","kid":"demo-oct"}`,
@@ -392,6 +395,7 @@ func TestEmulatedNamesUnknownOrWithPort(t *testing.T) {
 // The emulated vault's answer is trusted only for the emulated names: its
 // JWS chains to the run's CA, which is no root for any other host.
 func TestEmulatedCATrustedOnlyForEmulatedNames(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	if a.rootsFor("myvault.vault.azure.net") != nil {
 		t.Fatal("another host gets roots other than the sidecar's")
@@ -420,6 +424,7 @@ func TestEmulatedCATrustedOnlyForEmulatedNames(t *testing.T) {
 // /status answers while the emulated services' keys are still being made,
 // and a release waits for them only as long as its deadline.
 func TestEmulatedAzureKeysOffTheStartPath(t *testing.T) {
+	t.Parallel()
 	never := &emulatedAzureKeys{backgroundWork: &backgroundWork{what: "the emulated Azure services' keys", ready: make(chan struct{})}}
 	base, _ := startTestServer(t, serverConfig{Emulate: true}, serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: never, RequestTimeout: 300 * time.Millisecond})
 	status, out := call(t, "GET", base+"/status", "")
@@ -434,6 +439,7 @@ func TestEmulatedAzureKeysOffTheStartPath(t *testing.T) {
 // With -emulate every other endpoint still goes to the real service: a
 // release from the MAA and Key Vault stand-ins, with their own roots.
 func TestEmulateStillReachesRealServices(t *testing.T) {
+	t.Parallel()
 	tee, certs, hostData := releaseTestDevice(t, deviceEmulator)
 	maa := newMAAStandIn(t, certs.ARK)
 	kv := newKVStandIn(t, releaseBearer)
@@ -451,6 +457,7 @@ func TestEmulateStillReachesRealServices(t *testing.T) {
 // The seed's clients and the request Microsoft's shell client sends work
 // against the emulated names.
 func TestClientsAgainstEmulatedAzure(t *testing.T) {
+	t.Parallel()
 	base := startEmulatedAzureServer(t, serverConfig{}, nil)
 	keys := readyAzureKeys(t)
 	out := t.TempDir()
@@ -499,6 +506,7 @@ func TestClientsAgainstEmulatedAzure(t *testing.T) {
 // A page in a browser may call the reserved names too (they are loopback
 // names): with an Origin it is refused like any other browser request.
 func TestEmulatedNamesRefuseBrowsers(t *testing.T) {
+	t.Parallel()
 	base := startEmulatedAzureServer(t, serverConfig{}, nil)
 	for _, origin := range []string{"", "https://attacker.example"} {
 		req, err := http.NewRequest("GET", base+"/keys/demo-oct?api-version=7.4", nil)

@@ -104,6 +104,7 @@ func jwsClaims(t testing.TB, tok string) (*parsedJWS, map[string]any) {
 }
 
 func TestEmulatedMAAIssuesSEVSNPToken(t *testing.T) {
+	t.Parallel()
 	policy := []byte("package policy\n")
 	a := newTestEmulatedAzure(t, policy)
 	runtime := []byte(`{"keys":[{"kty":"RSA","kid":"k"}],"client":"app"}`)
@@ -197,6 +198,7 @@ func anotherEmulator(t testing.TB) teeDevice {
 
 // The emulated MAA refuses what MAA refuses, with MAA's error shape.
 func TestEmulatedMAARefuses(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	runtime := []byte(`{"keys":[]}`)
 	good := emulatorEvidence(t, nil, runtime)
@@ -321,6 +323,7 @@ func TestEmulatedMAARefuses(t *testing.T) {
 
 // Without a trusted chain the emulated MAA attests nothing.
 func TestEmulatedMAAWithoutTrustAnchor(t *testing.T) {
+	t.Parallel()
 	a := newEmulatedAzure(emulatedAzureConfig{Keys: readyAzureKeys(t)})
 	runtime := []byte(`{}`)
 	status, _, raw := emulatedCall(t, a, "POST", emulatedMAAURL, nil, maaRequestBody(t, emulatorEvidence(t, nil, runtime), runtime))
@@ -353,6 +356,7 @@ func FuzzParseMAAAttestRequest(f *testing.F) {
 // The token's x-ms-runtime is what Key Vault wraps to: the sidecar's
 // wrapping key's JWK Set comes back as sent.
 func TestEmulatedMAACarriesWrappingKey(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	wk, err := wrappingKeyFrom(standInRSAKey(t, rsaOther))
 	if err != nil {

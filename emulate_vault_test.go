@@ -84,6 +84,7 @@ func unwrapEmulatedRelease(t testing.TB, a *emulatedAzure, host, key string, raw
 }
 
 func TestEmulatedVaultReleasesEachKeyWithEachEnc(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	keys := readyAzureKeys(t)
 	wk := testWrappingKey(t)
@@ -158,6 +159,7 @@ func mintToken(t testing.TB, claims map[string]any, key *rsa.PrivateKey, kid str
 // verify (400), issuers the policy does not name and unmet policies (403,
 // saying why), and requests it cannot serve.
 func TestEmulatedVaultRefusesTargets(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	keys := readyAzureKeys(t)
 	wk := testWrappingKey(t)
@@ -233,6 +235,7 @@ func jsonUnescape(raw []byte) string {
 // Key Vault wants a bearer token: 401 with a challenge without one, and a
 // token of the emulated identity must verify and be for this vault.
 func TestEmulatedVaultBearerTokens(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	ctx := context.Background()
 	vaultTok, _, err := a.identity.issue(ctx, vaultResource(emulatedVaultHost))
@@ -309,6 +312,7 @@ func putEmulatedKey(t testing.TB, a *emulatedAzure, host, name string, body []by
 }
 
 func TestEmulatedVaultImportValidates(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	oct := bytes.Repeat([]byte{7}, 32)
 	rsa2048 := standInRSAKey(t, rsaReleased)
@@ -386,6 +390,7 @@ func TestEmulatedVaultImportValidates(t *testing.T) {
 // Imports version keys; a read shows the public part and the policy only,
 // and a release takes the latest version unless one is pinned.
 func TestEmulatedVaultVersionsAndReads(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	wk := testWrappingKey(t)
 	tok := emulatedMAAToken(t, a, nil, wk.runtimeData)
@@ -460,6 +465,7 @@ func TestEmulatedVaultVersionsAndReads(t *testing.T) {
 // The vault keeps keys in memory for the process's life: what callers may
 // put there is bounded.
 func TestEmulatedVaultIsBounded(t *testing.T) {
+	t.Parallel()
 	a := newTestEmulatedAzure(t, nil)
 	body := importBody(t, bytes.Repeat([]byte{3}, 16), "oct-HSM", nil)
 	n := 0

@@ -7,6 +7,7 @@ import (
 )
 
 func TestHostName(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"myvault.vault.azure.net":                         "myvault.vault.azure.net",
 		" MyVault.Vault.Azure.NET. ":                      "myvault.vault.azure.net",

@@ -106,6 +106,7 @@ func TestEmulatedRefusalExplainedOnce(t *testing.T) {
 }
 
 func TestReleasePolicyOfKey(t *testing.T) {
+	t.Parallel()
 	policy := `{"version":"1.0.0","anyOf":[{"authority":"https://a","allOf":[{"claim":"c","equals":"v"}]}]}`
 	for name, c := range map[string]struct {
 		bundle string
@@ -126,6 +127,7 @@ func TestReleasePolicyOfKey(t *testing.T) {
 }
 
 func TestReleaseRole(t *testing.T) {
+	t.Parallel()
 	for host, want := range map[string]string{
 		"myvault.vault.azure.net":       "Key Vault Crypto Service Release User",
 		"myhsm.managedhsm.azure.net":    "Managed HSM Crypto Service Release User",

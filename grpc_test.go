@@ -76,6 +76,7 @@ func rawGRPC(t testing.TB, base, path string, header http.Header, body []byte) r
 func helloMessage(name string) []byte { return appendProtoString(nil, 1, name) }
 
 func TestGRPCWire(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{ServerType: serverTypeGRPC}, serverOptions{})
 	const hello = "/key_provider.KeyProviderService/SayHello"
 
@@ -130,6 +131,7 @@ func TestGRPCWire(t *testing.T) {
 }
 
 func TestGRPCTimeoutHeader(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	g.maa.setHang(true)
 	req := appendProtoBytes(nil, 1, []byte(unwrapRequest(g.annotationFor(keyRSA, []byte("x")))))
@@ -144,6 +146,7 @@ func TestGRPCTimeoutHeader(t *testing.T) {
 }
 
 func TestParseGRPCTimeout(t *testing.T) {
+	t.Parallel()
 	good := map[string]time.Duration{"1H": time.Hour, "2M": 2 * time.Minute, "3S": 3 * time.Second, "400m": 400 * time.Millisecond,
 		"5u": 5 * time.Microsecond, "6n": 6, "99999999S": 99999999 * time.Second, "0m": 0}
 	for v, want := range good {
@@ -159,6 +162,7 @@ func TestParseGRPCTimeout(t *testing.T) {
 }
 
 func TestPercentEncodeGRPCMessage(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		"plain text: ok":   "plain text: ok",
 		"100% sure":        "100%25 sure",
@@ -177,6 +181,7 @@ func TestPercentEncodeGRPCMessage(t *testing.T) {
 }
 
 func TestGRPCStatusFor(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		err  error
 		want grpcCode
@@ -205,6 +210,7 @@ func TestGRPCStatusFor(t *testing.T) {
 }
 
 func TestServerTypeFlag(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		argv []string
 		env  map[string]string

@@ -17,6 +17,7 @@ import (
 // The binary as shipped: grpc-go (a test-only dependency) is not linked
 // into it, and skr.sh with ServerType=grpc serves the key provider.
 func TestBinaryServesGRPCWithoutGRPCGo(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("builds the binary; skipped under -short")
 	}

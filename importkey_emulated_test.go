@@ -53,6 +53,7 @@ func portOf(t *testing.T, base string) string {
 // An RSA key from a PEM file into the emulated Key Vault, then released
 // through the sidecar: the same key comes back. -port wins over Port.
 func TestImportKeyIntoEmulatedKeyVault(t *testing.T) {
+	t.Parallel()
 	base := startEmulatedAzureServer(t, serverConfig{}, nil)
 	key := standInRSAKey(t, rsaReleased)
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
@@ -73,6 +74,7 @@ func TestImportKeyIntoEmulatedKeyVault(t *testing.T) {
 
 // Each way an import into the emulator cannot work is said as such.
 func TestImportKeyEmulatedRefusals(t *testing.T) {
+	t.Parallel()
 	plain, _ := startTestServer(t, serverConfig{}, serverOptions{})
 	emulating := startEmulatedAzureServer(t, serverConfig{}, nil)
 	l, err := net.Listen("tcp", "127.0.0.1:0")

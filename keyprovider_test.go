@@ -209,6 +209,7 @@ func decodeUnwrapResults(t testing.TB, out []byte) []byte {
 // ---- the methods ----
 
 func TestGRPCSayHello(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{ServerType: serverTypeGRPC}, serverOptions{})
 	conn := dialGRPC(t, url)
 	for _, pkg := range keyProviderPackages {
@@ -220,6 +221,7 @@ func TestGRPCSayHello(t *testing.T) {
 }
 
 func TestGRPCGetReport(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	for _, tc := range []struct{ hex, want string }{
 		{"", strings.Repeat("00", 64)},
@@ -239,6 +241,7 @@ func TestGRPCGetReport(t *testing.T) {
 }
 
 func TestGRPCGetAttestationDataIsTheCombinedBundle(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	runtimeData := []byte(`{"keys":[]}`)
 	out := mustCall(t, g, "key_provider", "GetAttestationData", map[string]string{"b64_runtime_data_string": b64(runtimeData)})
@@ -277,6 +280,7 @@ func TestGRPCGetAttestationDataIsTheCombinedBundle(t *testing.T) {
 }
 
 func TestGRPCWrapThenUnwrap(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	keyPath := writeWrapKeyFiles(t, t.TempDir(), keyRSA, &g.rsa.PublicKey, "https://"+g.kv.host, g.maa.host)
 	secret := []byte("Oceans are full of water\nHorses have 4 legs\n")
@@ -309,6 +313,7 @@ func TestGRPCWrapThenUnwrap(t *testing.T) {
 }
 
 func TestGRPCErrorsAreStatuses(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	dir := t.TempDir()
 	keyPath := writeWrapKeyFiles(t, dir, keyRSA, &g.rsa.PublicKey, g.kv.host, g.maa.host)
@@ -352,6 +357,7 @@ func TestGRPCErrorsAreStatuses(t *testing.T) {
 }
 
 func TestGRPCWithoutDeviceIsUnavailable(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{ServerType: serverTypeGRPC}, serverOptions{})
 	conn := dialGRPC(t, url)
 	_, err := invokeKeyProvider(context.Background(), t, conn, "key_provider", "GetReport", nil)
@@ -380,6 +386,7 @@ func waitForLog(t testing.TB, logs *syncBuffer, within time.Duration, want ...st
 }
 
 func TestGRPCDeadlineIsHonoured(t *testing.T) {
+	t.Parallel()
 	// The server's own bound here; the client's grpc-timeout is in
 	// TestGRPCTimeoutHeader.
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute, timeout: 500 * time.Millisecond})
@@ -393,6 +400,7 @@ func TestGRPCDeadlineIsHonoured(t *testing.T) {
 }
 
 func TestGRPCClientCancelsMidCall(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	g.maa.setHang(true)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -439,6 +447,7 @@ func grpcurlJSON(t testing.TB, conn *grpc.ClientConn, pkg, method, reqJSON strin
 }
 
 func TestWrapModeOutputUnwrapsWithUnwrapSh(t *testing.T) {
+	t.Parallel()
 	g := newGRPCEnv(t, releaseEnvOpts{ttl: time.Minute})
 	dir := t.TempDir()
 	keyPath := writeWrapKeyFiles(t, dir, keyRSA, &g.rsa.PublicKey, g.kv.host, g.maa.host)
@@ -477,6 +486,7 @@ func TestWrapModeOutputUnwrapsWithUnwrapSh(t *testing.T) {
 }
 
 func TestGRPCServesTheRESTAPIToPlainHTTP(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{ServerType: serverTypeGRPC}, serverOptions{})
 	code, st := call(t, "GET", url+"/status", "")
 	if code != http.StatusOK || st["message"] != "Status OK" {

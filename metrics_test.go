@@ -394,6 +394,7 @@ func TestMetricsCountCertificateFetches(t *testing.T) {
 // A caller can name any host: only the first maxMetricHosts are told
 // apart, and a gRPC method the server does not have is "other".
 func TestMetricsLabelsAreBounded(t *testing.T) {
+	t.Parallel()
 	m := newMetrics()
 	for i := range 200 {
 		m.release(fmt.Sprintf("vault%d.vault.azure.net:443", i), nil)
@@ -428,6 +429,7 @@ func TestMetricsLabelsAreBounded(t *testing.T) {
 }
 
 func TestMetricsLabelEscapes(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{`a`: `"a"`, `a"b`: `"a\"b"`, `a\b`: `"a\\b"`, "a\nb": `"a\nb"`} {
 		if got := quoteLabel(in); got != want {
 			t.Errorf("quoteLabel(%q) = %s, want %s", in, got, want)
@@ -440,6 +442,7 @@ func TestMetricsLabelEscapes(t *testing.T) {
 }
 
 func TestHistogramBuckets(t *testing.T) {
+	t.Parallel()
 	m := newMetrics()
 	for _, d := range []time.Duration{500 * time.Microsecond, time.Millisecond, 3 * time.Millisecond, time.Minute} {
 		m.stage(stageReport, d)

@@ -68,6 +68,7 @@ func runPolicyCheck(t *testing.T, env policyEnv, args ...string) (int, string, s
 // Policies in every form against tokens in every form: the verdict, its
 // explanation and the exit status.
 func TestPolicyCheck(t *testing.T) {
+	t.Parallel()
 	tok := signedCheckToken(t)
 	tokens := map[string]string{
 		"compact token":      tok,
@@ -126,6 +127,7 @@ func TestPolicyCheck(t *testing.T) {
 
 // Every lint warning, each on a policy that has just that gap.
 func TestPolicyCheckLint(t *testing.T) {
+	t.Parallel()
 	without := func(claim string) string {
 		var kept []string
 		for _, c := range strings.Split(recommendedConds, ",\n") {
@@ -178,6 +180,7 @@ func TestPolicyCheckLint(t *testing.T) {
 }
 
 func TestPolicyCheckBadInput(t *testing.T) {
+	t.Parallel()
 	policy := writeTemp(t, "policy", checkPolicy(recommendedConds))
 	token := writeTemp(t, "token", checkClaims)
 	for name, args := range map[string][]string{
@@ -206,6 +209,7 @@ func TestPolicyCheckBadInput(t *testing.T) {
 // emulator's evidence; a policy for another MAA gets a note on what its
 // claims alone would give.
 func TestPolicyCheckEmulated(t *testing.T) {
+	t.Parallel()
 	env := policyEnv{Server: serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: sharedAzureKeys(), GuestInterfaces: &guestInterfaces{}, WrappingKeys: distinctTestWrappingKeys(t)}}
 	zero := strings.Repeat("0", 64)
 	ours := strings.Replace(recommendedConds, evalHostData, zero, 1)

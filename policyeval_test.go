@@ -28,6 +28,7 @@ var evalClaims = `{"iss":"https://maa.skr.localhost","x-ms-sevsnpvm-hostdata":"`
  "x-ms-sevsnpvm-guestsvn":2,"x-ms-runtime":{"keys":[{"kid":"k1"}],"client":{"name":"app","tier":3}}}`
 
 func TestEvaluateReleasePolicy(t *testing.T) {
+	t.Parallel()
 	standard := `{"claim":"x-ms-sevsnpvm-hostdata","equals":"` + evalHostData + `"},
 		{"claim":"x-ms-compliance-status","equals":"azure-compliant-uvm"},
 		{"claim":"x-ms-sevsnpvm-is-debuggable","equals":"false"},
@@ -114,6 +115,7 @@ func TestEvaluateReleasePolicy(t *testing.T) {
 }
 
 func TestEvaluateReleasePolicyWithoutIssuer(t *testing.T) {
+	t.Parallel()
 	p, err := parseReleasePolicy([]byte(`{"version":"1.0.0","anyOf":[{"authority":"https://maa.skr.localhost","allOf":[{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}]}]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -125,6 +127,7 @@ func TestEvaluateReleasePolicyWithoutIssuer(t *testing.T) {
 }
 
 func TestParseReleasePolicyRefuses(t *testing.T) {
+	t.Parallel()
 	ok := `{"claim":"x-ms-sevsnpvm-vmpl","equals":"0"}`
 	for name, policy := range map[string]string{
 		"not JSON":               `{`,
@@ -158,6 +161,7 @@ func TestParseReleasePolicyRefuses(t *testing.T) {
 
 // The policies importkey writes are policies the evaluator reads.
 func TestImportKeyPolicyParses(t *testing.T) {
+	t.Parallel()
 	var warnings []string
 	sets := claimSets{{{Claim: hostDataClaim, Equals: json.RawMessage(`"` + evalHostData + `"`)}, {Claim: "x-ms-sevsnpvm-vmpl", Equals: json.RawMessage(`"0"`)}}}
 	pol, err := buildReleasePolicy("https://maa.skr.localhost", sets, nil, &warnings)

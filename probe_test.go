@@ -111,6 +111,7 @@ func TestReadyzEmulatedAzure(t *testing.T) {
 }
 
 func TestProbeUsage(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"/status"}, {"/readyz", "/livez"}, {"-addr", "https://127.0.0.1:1"}, {"-addr", "127.0.0.1:1/x"}, {"-nope"}} {
 		var out, errOut bytes.Buffer
 		if code := probeMain(args, &out, &errOut, envOf(nil)); code != 2 {
@@ -128,6 +129,7 @@ func TestProbeUsage(t *testing.T) {
 }
 
 func TestSidecarBase(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		addr string
 		env  map[string]string

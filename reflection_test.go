@@ -39,6 +39,7 @@ func parseFileDescriptor(t testing.TB, raw []byte) protoreflect.FileDescriptor {
 }
 
 func TestGRPCReflectionV1(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{ServerType: serverTypeGRPC}, serverOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -120,6 +121,7 @@ func TestGRPCReflectionV1(t *testing.T) {
 }
 
 func TestGRPCReflectionV1Alpha(t *testing.T) {
+	t.Parallel()
 	url, _ := startTestServer(t, serverConfig{ServerType: serverTypeGRPC}, serverOptions{})
 	stream, err := refv1alpha.NewServerReflectionClient(dialGRPC(t, url)).ServerReflectionInfo(context.Background())
 	if err != nil {
@@ -163,6 +165,7 @@ var (
 // descriptors against it: every message, field name, number and type, and
 // every method's types.
 func TestKeyProviderDescriptorMatchesTheProto(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile(specProto)
 	if os.IsNotExist(err) {
 		t.Skipf("%s is absent", specProto)
@@ -233,6 +236,7 @@ func keyProviderMethodsFor(t testing.TB) []string {
 // The JSON names grpcurl uses: Microsoft's unwrap.sh sends and reads the
 // wrap protocol fields as KeyProviderKeyWrapProtocolInput / Output.
 func TestKeyProviderJSONNames(t *testing.T) {
+	t.Parallel()
 	fd := keyProviderFileDescriptor(t, "key_provider")
 	for msg, want := range map[string]string{
 		"KeyProviderKeyWrapProtocolInput":    "KeyProviderKeyWrapProtocolInput",

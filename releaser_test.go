@@ -634,7 +634,8 @@ func TestAttestMAASharesTheAttestationBound(t *testing.T) {
 	t.Parallel()
 	tee := &gatedTEE{teeDevice: newTestEmulator(t, nil), entered: make(chan struct{}, 64), gate: make(chan struct{})}
 	gi := absentGuestInterfaces(t)
-	s, err := newServer(serverConfig{}, newLogger(&syncBuffer{}, levelTrace), serverOptions{TEE: tee, Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi, Retry: &releaseRetry})
+	s, err := newServer(serverConfig{}, newLogger(&syncBuffer{}, levelTrace), serverOptions{TEE: tee, Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi, Retry: &releaseRetry,
+		WrappingKeys: distinctTestWrappingKeys(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

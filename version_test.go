@@ -10,6 +10,7 @@ import (
 // skr version and skr -version print the version, the commit, the Go
 // version and the versions of the two modules the trust depends on.
 func TestVersionCommand(t *testing.T) {
+	t.Parallel()
 	for _, argv := range [][]string{{"skr", "version"}, {"skr", "-version"}, {"skr", "--version"}} {
 		var out, errOut bytes.Buffer
 		if code := dispatch(argv, &out, &errOut); code != 0 {
@@ -29,6 +30,7 @@ func TestVersionCommand(t *testing.T) {
 }
 
 func TestCommitText(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		f    buildFacts
 		want string

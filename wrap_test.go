@@ -44,6 +44,7 @@ func writeWrapKeyFiles(t testing.TB, dir, name string, pub *rsa.PublicKey, vault
 }
 
 func TestWrapForKeyWritesMicrosoftsPacket(t *testing.T) {
+	t.Parallel()
 	priv := standInRSAKey(t, rsaReleased)
 	keyPath := writeWrapKeyFiles(t, t.TempDir(), "testkey000", &priv.PublicKey, wrapVault, wrapMAA)
 	secret := []byte("a layer key")
@@ -104,6 +105,7 @@ func TestWrapForKeyFindsThePublicKey(t *testing.T) {
 }
 
 func TestWrapForKeyRefuses(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rsaKey := &standInRSAKey(t, rsaReleased).PublicKey
 	good := writeWrapKeyFiles(t, dir, "good", rsaKey, wrapVault, wrapMAA)
@@ -162,6 +164,7 @@ func TestWrapForKeyRefuses(t *testing.T) {
 }
 
 func TestParseAnnotationRefuses(t *testing.T) {
+	t.Parallel()
 	packet := func(m map[string]any) string {
 		full := map[string]any{"kid": "k", "wrapped_data": "eA==", "kms_endpoint": wrapVault, "attester_endpoint": wrapMAA}
 		for k, v := range m {
@@ -198,6 +201,7 @@ func TestParseAnnotationRefuses(t *testing.T) {
 }
 
 func TestWrapCommandLine(t *testing.T) {
+	t.Parallel()
 	priv := standInRSAKey(t, rsaReleased)
 	dir := t.TempDir()
 	keyPath := writeWrapKeyFiles(t, dir, "k1", &priv.PublicKey, wrapVault, wrapMAA)
@@ -240,6 +244,7 @@ func TestWrapCommandLine(t *testing.T) {
 }
 
 func TestIsWrapInvocation(t *testing.T) {
+	t.Parallel()
 	for args, want := range map[string]bool{
 		"-infile f -keypath k":  true,
 		"--infile f":            true,
