@@ -95,7 +95,7 @@ func TestAPIRefusesBrowserRequests(t *testing.T) {
 	}
 }
 
-// The seed's curl clients send no Content-Type or a form type and call the
+// Microsoft's curl clients send no Content-Type or a form type and call the
 // sidecar as localhost:PORT; our own clients, and everything on 127.0.0.1
 // or [::1], still get through.
 func TestAPIAcceptsLocalClients(t *testing.T) {
@@ -115,7 +115,7 @@ func TestAPIAcceptsLocalClients(t *testing.T) {
 			t.Errorf("%v: status %d %v", header, status, out)
 		}
 	}
-	// The test client, as the seed's template runs it.
+	// The test client, as Microsoft's template runs it.
 	var stdout, stderr bytes.Buffer
 	addr := "http://localhost:" + port
 	if code := attestClientMain([]string{"-once", "-addr", addr, "-out", t.TempDir()}, &stdout, &stderr,

@@ -252,8 +252,8 @@ var (
 	specNew = vcekSpec{product: productMilan, bl: 4, snp: 0x18, ucode: 0xdb}
 )
 
-// testReport lays out a report as the firmware would (azure-protocols.md
-// §7.5), signs it with key, and fills the parsed fields tests use.
+// testReport lays out a report as the firmware would (the layout in
+// report.go), signs it with key, and fills the parsed fields tests use.
 type reportSpec struct {
 	version    uint32
 	tcb        uint64

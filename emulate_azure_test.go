@@ -454,7 +454,7 @@ func TestEmulateStillReachesRealServices(t *testing.T) {
 	}
 }
 
-// The seed's clients and the request Microsoft's shell client sends work
+// The built-in clients and the request Microsoft's shell client sends work
 // against the emulated names.
 func TestClientsAgainstEmulatedAzure(t *testing.T) {
 	t.Parallel()

@@ -191,7 +191,7 @@ func TestExampleTemplateMatchesEntryPoints(t *testing.T) {
 		}
 	}
 	if roles["skr.sh"] != 1 || roles["attest_client.sh"] != 2 || roles["skr_client.sh"] != 1 {
-		t.Errorf("want the seed's four containers (sidecar, two attestation clients, release client), got %v", roles)
+		t.Errorf("want the example's four containers (sidecar, two attestation clients, release client), got %v", roles)
 	}
 }
 
@@ -408,7 +408,7 @@ func TestExampleWalkthroughMatchesExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	readme := string(raw)
-	_, walk, ok := strings.Cut(readme, "## Walkthrough: the seed's flow on Confidential ACI")
+	_, walk, ok := strings.Cut(readme, "## Walkthrough: Confidential ACI")
 	if !ok {
 		t.Fatal("README has no ACI walkthrough")
 	}

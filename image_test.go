@@ -22,8 +22,8 @@ import (
 	"time"
 )
 
-// imageLinks are the entry points the image must have (sidecar.md §7 and
-// the seed's ARM templates).
+// imageLinks are the entry points the image must have: the layout the
+// README describes, and what Microsoft's ARM templates start.
 var imageLinks = []string{
 	"/skr.sh",
 	"/tests/attest_client.sh",
@@ -220,7 +220,7 @@ func runImageChroot(t *testing.T, bin string) {
 		t.Errorf("REPORT_DATA = %x, want sha256(runtime data) and zeros", report[0x50:0x90])
 	}
 
-	// The seed's attestation client through its link, against that server.
+	// The attestation client through its link, against that server.
 	out, err = chrootCmd("/tests/skr/attest_client.sh", "-once", "-addr", base, "-out", "/", base64.StdEncoding.EncodeToString(runtimeData)).CombinedOutput()
 	if err != nil {
 		t.Fatalf("attest_client.sh in the image: %v: %s", err, out)

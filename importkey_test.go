@@ -856,7 +856,7 @@ func TestImportRefusesToOverwriteKeyFile(t *testing.T) {
 	}
 }
 
-// The seed's config shapes: "mhsm" for "akv", api_version with its
+// The config shapes Microsoft's importkey accepts: "mhsm" for "akv", api_version with its
 // "api-version=" prefix or without, claims under "key", one flat list.
 func TestImportConfigVariants(t *testing.T) {
 	t.Parallel()
