@@ -460,7 +460,7 @@ func (e *releaseEnv) warmUp(t *testing.T) {
 func TestKeyReleaseConcurrentShareOneAttestation(t *testing.T) {
 	t.Parallel()
 	e := newReleaseEnv(t, releaseEnvOpts{ttl: 5 * time.Minute})
-	const n = 64
+	const n = 16
 	var wg sync.WaitGroup
 	var failed atomic.Int32
 	kids := []string{keyOct, keyRSA, keyEC}
