@@ -22,8 +22,7 @@ func TestBinaryServesGRPCWithoutGRPCGo(t *testing.T) {
 		t.Skip("builds the binary; skipped under -short")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "skr")
-	buildImageBinary(t, bin)
+	bin := imageBinary(t)
 
 	t.Run("no grpc-go", func(t *testing.T) {
 		out, err := exec.Command("go", "version", "-m", bin).CombinedOutput()

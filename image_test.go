@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -110,14 +111,34 @@ func stripComments(s string) string {
 	return strings.Join(out, "\n")
 }
 
-// buildImageBinary builds skr as the Dockerfile does.
-func buildImageBinary(t *testing.T, dst string) {
+// imageBinaryBuild is skr built as the Dockerfile builds it, once per test
+// binary: linking it is most of what the tests that run it cost. TestMain
+// removes dir.
+var imageBinaryBuild struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+// imageBinary is the path of that build; tests read it and never change it.
+func imageBinary(t *testing.T) string {
 	t.Helper()
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=imagetest", "-o", dst, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	b := &imageBinaryBuild
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "skr-image-test-"); b.err != nil {
+			return
+		}
+		b.path = filepath.Join(b.dir, "skr")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=imagetest", "-o", b.path, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
+	return b.path
 }
 
 func TestImageBinary(t *testing.T) {
@@ -125,8 +146,7 @@ func TestImageBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary; skipped under -short")
 	}
-	bin := filepath.Join(t.TempDir(), "skr")
-	buildImageBinary(t, bin)
+	bin := imageBinary(t)
 
 	t.Run("static", func(t *testing.T) {
 		f, err := elf.Open(bin)

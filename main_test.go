@@ -54,6 +54,15 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// TestMain removes what tests share across the run once all are done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if imageBinaryBuild.dir != "" {
+		os.RemoveAll(imageBinaryBuild.dir)
+	}
+	os.Exit(code)
+}
+
 // startTestServer runs the real server (real listener, real routes) until
 // the test ends and returns its base URL and its log.
 func startTestServer(t testing.TB, cfg serverConfig, opts serverOptions) (string, *syncBuffer) {
