@@ -8,10 +8,13 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,11 +59,28 @@ func (b *syncBuffer) String() string {
 
 // TestMain removes what tests share across the run once all are done.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	raiseDefaultParallelism()
 	code := m.Run()
 	if imageBinaryBuild.dir != "" {
 		os.RemoveAll(imageBinaryBuild.dir)
 	}
 	os.Exit(code)
+}
+
+// raiseDefaultParallelism lets twice GOMAXPROCS parallel tests run at once
+// unless -parallel is given: many tests spend much of their time waiting
+// (on a deadline, a stand-in's delay, a child process), and with only
+// GOMAXPROCS of them running the CPUs sit idle meanwhile. Fuzzing keeps
+// the default, one worker per CPU.
+func raiseDefaultParallelism() {
+	given := false
+	flag.Visit(func(f *flag.Flag) {
+		given = given || f.Name == "test.parallel" || f.Name == "test.fuzz"
+	})
+	if !given {
+		flag.Set("test.parallel", strconv.Itoa(2*runtime.GOMAXPROCS(0)))
+	}
 }
 
 // startTestServer runs the real server (real listener, real routes) until
