@@ -42,15 +42,15 @@ func parseDoctorOutput(t *testing.T, out string) (lines []doctorLine, summary st
 }
 
 // doctorEnvFor is the test environment of an in-process doctor: the shared
-// test emulator and emulated Azure keys, the test keyring, no real device,
-// fast retries.
+// emulated Azure keys, the test keyring, no real device, fast retries. Tests
+// that run with -emulate add the shared test emulator as its TEE.
 func doctorEnvFor(t *testing.T, env map[string]string) doctorEnv {
 	t.Helper()
 	gi := absentGuestInterfaces(t)
 	return doctorEnv{
 		Getenv: envOf(env),
 		Server: serverOptions{AzureKeys: sharedAzureKeys(), GuestInterfaces: &gi, Retry: &releaseRetry, SecurityContextRoot: t.TempDir(),
-			WrappingKeys: distinctTestWrappingKeys(t)},
+			WrappingKeys: testWrappingKeys(t)},
 	}
 }
 

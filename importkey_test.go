@@ -861,8 +861,9 @@ func TestImportRefusesToOverwriteKeyFile(t *testing.T) {
 	}
 }
 
-// The config shapes Microsoft's importkey accepts: "mhsm" for "akv", api_version with its
-// "api-version=" prefix or without, claims under "key", one flat list.
+// The config shapes Microsoft's importkey accepts: "mhsm" for "akv",
+// api_version with its "api-version=" prefix or without, claims under
+// "key", one flat list.
 func TestImportConfigVariants(t *testing.T) {
 	t.Parallel()
 	flat := testClaims()[0]

@@ -19,11 +19,16 @@ import (
 // cloneRSAKey is a deep copy of k, so that zeroing it leaves k alone.
 func cloneRSAKey(t testing.TB, k *rsa.PrivateKey) *rsa.PrivateKey {
 	t.Helper()
-	c, err := x509.ParsePKCS1PrivateKey(x509.MarshalPKCS1PrivateKey(k))
+	c, err := copyRSAKey(k)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// copyRSAKey is cloneRSAKey for goroutines that are not the test's.
+func copyRSAKey(k *rsa.PrivateKey) (*rsa.PrivateKey, error) {
+	return x509.ParsePKCS1PrivateKey(x509.MarshalPKCS1PrivateKey(k))
 }
 
 // rsaSecretWords are the words of every private number of k, aliasing the

@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"math/big"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -348,12 +349,19 @@ type lateClock struct{ *fakeClock }
 
 func (lateClock) AfterFunc(time.Duration, func()) func() bool { return func() bool { return true } }
 
-// testWrappingKeys makes wrapping keys quickly, as copies of a stand-in
-// key, so that destroying one leaves the stand-in alone.
+// testWrappingKeys makes wrapping keys quickly: copies of stand-in keys in
+// turn, so that a server's first testWrappingKeyCount wrapping keys are
+// distinct, as generated ones are, and destroying one leaves the stand-in
+// alone.
 func testWrappingKeys(t testing.TB) func() (*wrappingKey, error) {
-	std := standInRSAKey(t, rsaOther)
+	t.Helper()
+	var keys [testWrappingKeyCount]*rsa.PrivateKey
+	for i := range keys {
+		keys[i] = standInRSAKey(t, rsaWrapping+i)
+	}
+	var next atomic.Int64
 	return func() (*wrappingKey, error) {
-		k, err := x509.ParsePKCS1PrivateKey(x509.MarshalPKCS1PrivateKey(std))
+		k, err := copyRSAKey(keys[next.Add(1)%int64(len(keys))])
 		if err != nil {
 			return nil, err
 		}

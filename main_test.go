@@ -3,11 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"flag"
 	"io"
 	"net/http"
@@ -17,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -57,7 +52,8 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// TestMain removes what tests share across the run once all are done.
+// TestMain runs more parallel tests than the default, and removes what the
+// tests share across the run once all are done.
 func TestMain(m *testing.M) {
 	flag.Parse()
 	raiseDefaultParallelism()
@@ -103,7 +99,7 @@ func startTestServer(t testing.TB, cfg serverConfig, opts serverOptions) (string
 	if _, bench := t.(*testing.B); opts.WrappingKeys == nil && !bench {
 		// Benchmarks measure the real generator; tests need keys, not
 		// their making, which would otherwise be most of the suite's CPU.
-		opts.WrappingKeys = distinctTestWrappingKeys(t)
+		opts.WrappingKeys = testWrappingKeys(t)
 	}
 	if opts.GuestInterfaces == nil {
 		// Never the machine's own device, so that the tests behave the same
@@ -220,39 +216,4 @@ func TestServeEntryPoints(t *testing.T) {
 // readSharedFile reads shared test data without a testing.TB (fuzz seeds).
 func readSharedFile(name string) ([]byte, error) {
 	return os.ReadFile(filepath.Join(sharedTestdata, name))
-}
-
-// testKeyring is a few RSA wrapping keys made once per test binary.
-var testKeyring struct {
-	once sync.Once
-	keys [8]*rsa.PrivateKey
-	err  error
-}
-
-// distinctTestWrappingKeys hands out copies of the test keyring's keys in
-// turn: each server's first len(keys) wrapping keys are distinct, as
-// generated ones are, and destroying one leaves the keyring alone.
-func distinctTestWrappingKeys(t testing.TB) func() (*wrappingKey, error) {
-	t.Helper()
-	testKeyring.once.Do(func() {
-		var wg sync.WaitGroup
-		errs := make([]error, len(testKeyring.keys))
-		for i := range testKeyring.keys {
-			wg.Go(func() { testKeyring.keys[i], errs[i] = rsa.GenerateKey(rand.Reader, wrappingKeyBits) })
-		}
-		wg.Wait()
-		testKeyring.err = errors.Join(errs...)
-	})
-	if testKeyring.err != nil {
-		t.Fatal(testKeyring.err)
-	}
-	var next atomic.Int64
-	return func() (*wrappingKey, error) {
-		std := testKeyring.keys[next.Add(1)%int64(len(testKeyring.keys))]
-		k, err := x509.ParsePKCS1PrivateKey(x509.MarshalPKCS1PrivateKey(std))
-		if err != nil {
-			return nil, err
-		}
-		return wrappingKeyFrom(k)
-	}
 }

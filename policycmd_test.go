@@ -210,7 +210,7 @@ func TestPolicyCheckBadInput(t *testing.T) {
 // claims alone would give.
 func TestPolicyCheckEmulated(t *testing.T) {
 	t.Parallel()
-	env := policyEnv{Server: serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: sharedAzureKeys(), GuestInterfaces: &guestInterfaces{}, WrappingKeys: distinctTestWrappingKeys(t)}}
+	env := policyEnv{Server: serverOptions{TEE: newTestEmulator(t, nil), AzureKeys: sharedAzureKeys(), GuestInterfaces: &guestInterfaces{}, WrappingKeys: testWrappingKeys(t)}}
 	zero := strings.Repeat("0", 64)
 	ours := strings.Replace(recommendedConds, evalHostData, zero, 1)
 	code, out, errOut := runPolicyCheck(t, env, "-emulate", "-p", writeTemp(t, "p", checkPolicy(ours+`,{"claim":"x-ms-runtime.keys","exists":true}`)))

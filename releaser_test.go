@@ -635,7 +635,7 @@ func TestAttestMAASharesTheAttestationBound(t *testing.T) {
 	tee := &gatedTEE{teeDevice: newTestEmulator(t, nil), entered: make(chan struct{}, 64), gate: make(chan struct{})}
 	gi := absentGuestInterfaces(t)
 	s, err := newServer(serverConfig{}, newLogger(&syncBuffer{}, levelTrace), serverOptions{TEE: tee, Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi, Retry: &releaseRetry,
-		WrappingKeys: distinctTestWrappingKeys(t)})
+		WrappingKeys: testWrappingKeys(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,7 +110,7 @@ func TestServeDrainsAndStopsOnCancel(t *testing.T) {
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	gi := absentGuestInterfaces(t)
-	opts := serverOptions{Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi, WrappingKeys: distinctTestWrappingKeys(t)}
+	opts := serverOptions{Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi, WrappingKeys: testWrappingKeys(t)}
 	go func() { done <- serve(ctx, serverConfig{}, newLogger(io.Discard, slog.LevelWarn), opts, ready) }()
 	addr := <-ready
 	if status, _ := call(t, "GET", "http://"+addr+"/status", ""); status != 200 {
@@ -169,7 +169,7 @@ func startShutdownServer(t *testing.T, grace time.Duration) *shutdownServer {
 		logs:    &syncBuffer{},
 	}
 	opts := serverOptions{TEE: s.tee, Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi,
-		Signals: s.signals, Clock: s.clock, WrappingKeys: distinctTestWrappingKeys(t)}
+		Signals: s.signals, Clock: s.clock, WrappingKeys: testWrappingKeys(t)}
 	ready := make(chan string, 1)
 	go func() {
 		s.done <- serve(context.Background(), serverConfig{ShutdownGrace: grace}, newLogger(s.logs, levelTrace), opts, ready)

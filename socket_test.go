@@ -56,7 +56,7 @@ func startSocketServer(t *testing.T, path string, uids []uint32) *syncBuffer {
 	cfg := serverConfig{NoTCP: true, Socket: path, SocketUIDs: uids, LogLevel: levelTrace}
 	gi := absentGuestInterfaces(t)
 	opts := serverOptions{TEE: newTestEmulator(t, nil), Getenv: envOf(nil), SecurityContextRoot: t.TempDir(), GuestInterfaces: &gi,
-		WrappingKeys: distinctTestWrappingKeys(t)}
+		WrappingKeys: testWrappingKeys(t)}
 	logs := &syncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)

@@ -48,7 +48,7 @@ import (
 
 var standInRSA struct {
 	once sync.Once
-	keys [4]*rsa.PrivateKey
+	keys [rsaWrapping + testWrappingKeyCount]*rsa.PrivateKey
 }
 
 // Indices into standInRSA.keys.
@@ -57,19 +57,29 @@ const (
 	rsaKVSigner
 	rsaReleased
 	rsaOther
+	rsaWrapping // the first of the keys testWrappingKeys hands out copies of
 )
 
-// standInRSAKey returns one of a few RSA-2048 keys generated once.
+// testWrappingKeyCount is how many distinct wrapping keys a test server
+// gets before they repeat.
+const testWrappingKeyCount = 8
+
+// standInRSAKey returns one of a few RSA-2048 keys generated once per test
+// binary, all at once on every CPU.
 func standInRSAKey(t testing.TB, i int) *rsa.PrivateKey {
 	t.Helper()
 	standInRSA.once.Do(func() {
+		var wg sync.WaitGroup
 		for j := range standInRSA.keys {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
-			if err != nil {
-				panic(err)
-			}
-			standInRSA.keys[j] = k
+			wg.Go(func() {
+				k, err := rsa.GenerateKey(rand.Reader, 2048)
+				if err != nil {
+					panic(err)
+				}
+				standInRSA.keys[j] = k
+			})
 		}
+		wg.Wait()
 	})
 	return standInRSA.keys[i]
 }
